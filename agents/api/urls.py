@@ -1,0 +1,3 @@
+"""Agents API routes."""
+
+urlpatterns: list = []

@@ -1,0 +1,3 @@
+"""Chat pages."""
+
+urlpatterns: list = []

@@ -1,0 +1,109 @@
+"""The only writer of audit events."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import models, transaction
+
+from audit import context as audit_context
+from audit.chain import chain_hash, event_document, normalize
+from audit.models import ActorType, AuditChainHead, AuditEvent, Outcome
+from organizations.models import Organization
+
+
+@dataclass(frozen=True)
+class AgentActor:
+    """The agent acting for a user in a session."""
+
+    user: AbstractBaseUser
+    session_id: str
+
+
+@dataclass(frozen=True)
+class SystemActor:
+    """Airlock itself (a scheduled job, a bootstrap step, an operator's CLI without a user)."""
+
+    name: str = "system"
+
+
+Actor = AbstractBaseUser | AgentActor | SystemActor | None
+
+
+def _actor_fields(actor: Actor) -> dict[str, str]:
+    if actor is None:
+        return {"actor_type": ActorType.SYSTEM, "actor_id": "", "actor_display": "system"}
+    if isinstance(actor, SystemActor):
+        return {"actor_type": ActorType.SYSTEM, "actor_id": "", "actor_display": actor.name}
+    if isinstance(actor, AgentActor):
+        return {
+            "actor_type": ActorType.AGENT,
+            "actor_id": str(actor.user.pk),
+            "actor_display": f"agent acting for {actor.user.get_username()} in session {actor.session_id}",
+        }
+    return {"actor_type": ActorType.USER, "actor_id": str(actor.pk), "actor_display": actor.get_username()}
+
+
+def _target_fields(target: models.Model | None) -> dict[str, str]:
+    if target is None:
+        return {"target_type": "", "target_id": "", "target_display": ""}
+    return {
+        "target_type": target._meta.label_lower,
+        "target_id": str(target.pk),
+        "target_display": str(target)[:300],
+    }
+
+
+def record(
+    *,
+    action: str,
+    actor: Actor,
+    organization: Organization,
+    target: models.Model | None = None,
+    outcome: str = Outcome.SUCCESS,
+    error: str = "",
+    data: dict[str, Any] | None = None,
+    session_id: str | uuid.UUID | None = None,
+    workspace_id: str | uuid.UUID | int | None = None,
+) -> AuditEvent:
+    """Append one event to the organization's chain, inside the caller's transaction.
+
+    The chain head row is locked for the append, so concurrent writers queue and sequence numbers
+    stay gapless; if the caller's transaction rolls back, the event goes with it.
+    """
+    if outcome not in Outcome.values:
+        raise ValueError(f"Unknown audit outcome {outcome!r}")
+    request = audit_context.current()
+    if isinstance(actor, AgentActor) and session_id is None:
+        session_id = actor.session_id
+    with transaction.atomic():
+        head, _ = AuditChainHead.objects.select_for_update().get_or_create(organization_id=organization.pk)
+        event = AuditEvent(
+            id=uuid.uuid4(),
+            organization_id=organization.pk,
+            sequence=head.sequence + 1,
+            occurred_at=dt.datetime.now(dt.UTC),
+            action=action,
+            outcome=outcome,
+            error=error[:4000],
+            auth_method=request.auth_method if not isinstance(actor, AgentActor | SystemActor) else "",
+            source_ip=request.source_ip,
+            user_agent=request.user_agent,
+            request_id=request.request_id,
+            session_id=str(session_id or ""),
+            workspace_id=str(workspace_id or ""),
+            data=normalize(data or {}),
+            prev_hash=head.hash,
+            **_actor_fields(actor),
+            **_target_fields(target),
+        )
+        event.hash = chain_hash(head.hash, event_document(event))
+        event.save(force_insert=True)
+        head.sequence = event.sequence
+        head.hash = event.hash
+        head.save(update_fields=["sequence", "hash"])
+    return event

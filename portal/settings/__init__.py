@@ -1,0 +1,1 @@
+"""Settings split: base (shared), development (embedded default), production, test."""

@@ -1,0 +1,23 @@
+"""Test settings: fixed keys, fast hashing; DATABASE_URL / REDIS_URL when set, else SQLite."""
+
+from __future__ import annotations
+
+import os
+
+from portal.settings.base import *  # noqa: F403
+from portal.settings.base import DATA_DIR, DATABASES
+
+DEBUG = False
+SECRET_KEY = "test-secret-key-not-for-production"  # noqa: S105
+AIRLOCK_ENCRYPTION_KEYS = [
+    os.environ.get("AIRLOCK_TEST_ENCRYPTION_KEY", "d8CxqPjfH9V0Z8B2v9mSx6yv0eU1c3ZrQ0wQnH4n2hY=")
+]
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+ALLOWED_HOSTS = ["*"]
+WORKSPACES_ROOT = DATA_DIR / "test-workspaces"
+WORKSPACE_COMMAND_TIMEOUT_SECONDS = 20
+AGENT_DELTA_FLUSH_MS = 10
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # A file, not memory, so that a live server in another process shares the test database.
+    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}
