@@ -8,6 +8,7 @@ from portal import health
 
 api_v1 = [
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("", include("providers.api.urls")),
     path("", include("agents.api.urls")),
 ]
 

@@ -1,0 +1,3 @@
+"""Providers and models API routes."""
+
+urlpatterns: list = []
