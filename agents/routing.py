@@ -1,3 +1,9 @@
 """Websocket routes."""
 
-websocket_urlpatterns: list = []
+from django.urls import path
+
+from agents.consumers import SessionStreamConsumer
+
+websocket_urlpatterns = [
+    path("ws/sessions/<str:session_id>/", SessionStreamConsumer.as_asgi()),
+]

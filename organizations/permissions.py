@@ -61,7 +61,8 @@ def has_permission(user: AbstractBaseUser | AnonymousUser, organization: Organiz
 def require_permission(user: AbstractBaseUser | AnonymousUser, organization: Organization, action: str) -> None:
     """Raise PermissionDenied unless the user may perform the action in the organization."""
     if not has_permission(user, organization, action):
-        raise PermissionDenied(f"You need one of the roles {sorted(roles_for(action))} in {organization.slug}.")
+        needed = " or ".join(sorted(str(role.value if isinstance(role, Role) else role) for role in roles_for(action)))
+        raise PermissionDenied(f"You need the role {needed} in the organization {organization.slug}.")
 
 
 def is_member(user: AbstractBaseUser | AnonymousUser, organization: Organization) -> bool:

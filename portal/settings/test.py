@@ -20,4 +20,9 @@ WORKSPACE_COMMAND_TIMEOUT_SECONDS = 20
 AGENT_DELTA_FLUSH_MS = 10
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not memory, so that a live server in another process shares the test database.
-    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}
+    # One file per test process, so that parallel runs on one machine do not share it.
+    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / f"test-{os.getpid()}.sqlite3")}
+elif os.environ.get("AIRLOCK_TEST_DB_NAME"):
+    DATABASES["default"]["TEST"] = {"NAME": os.environ["AIRLOCK_TEST_DB_NAME"]}
+# In-process tests run turns inline; the live-server fixture picks the runner of the configuration it starts.
+AGENT_RUNNER = os.environ.get("AIRLOCK_AGENT_RUNNER", "inline")

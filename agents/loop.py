@@ -1,0 +1,264 @@
+"""The agent loop: stream the model's answer, run the tools it asks for, feed results back, repeat."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import transaction
+
+import audit
+from agents.models import AgentSession, Message, MessageRole, SessionStatus
+from agents.services import message_append, session_set_status
+from agents.stream import SessionStream, next_seq
+from audit.services import AgentActor
+from providers.clients import ModelCallError, TextDelta, ToolCallRequest, ToolSpec, TurnEnd, Usage, stream_turn
+from workspaces.models import CommandRun, Workspace
+from workspaces.services import command_execute, workspace_create
+
+logger = logging.getLogger(__name__)
+
+SYSTEM_PROMPT = (
+    "You are Airlock's coding agent, working for a member of an organization that keeps its code on its own "
+    "servers. Answer questions directly. When the work needs code or a shell, call the `execute` tool: it runs "
+    "one shell command in your private workspace directory and returns its output and exit code. Keep commands "
+    "non-interactive. Everything you do is recorded in an audit log."
+)
+
+EXECUTE_TOOL = ToolSpec(
+    name="execute",
+    description="Run a shell command in the session's workspace and return its output and exit code.",
+    parameters={
+        "type": "object",
+        "properties": {"command": {"type": "string", "description": "The shell command to run."}},
+        "required": ["command"],
+    },
+)
+
+# How much of a command's output goes back to the model (the rest is counted, hashed and audited).
+TOOL_RESULT_CHARS = 16_000
+
+
+@dataclass
+class StepResult:
+    """What one model call produced."""
+
+    text: str = ""
+    tool_calls: list[ToolCallRequest] = field(default_factory=list)
+    usage: Usage | None = None
+    stop_reason: str = ""
+
+
+def _load_session(session_id: uuid.UUID) -> AgentSession:
+    return AgentSession.objects.select_related("organization", "created_by", "model__provider", "workspace").get(
+        pk=session_id
+    )
+
+
+def _conversation(session_id: uuid.UUID) -> list[dict[str, Any]]:
+    messages = []
+    for message in Message.objects.filter(session_id=session_id).order_by("position"):
+        item: dict[str, Any] = {"role": message.role, "content": message.content}
+        if message.tool_calls:
+            item["tool_calls"] = message.tool_calls
+        if message.tool_call_id:
+            item["tool_call_id"] = message.tool_call_id
+        messages.append(item)
+    return messages
+
+
+def _audit_model_call(
+    *, session: AgentSession, actor: AgentActor, result: StepResult, latency_ms: int, step: int, error: str = ""
+) -> None:
+    model = session.model
+    data = {
+        "provider": model.provider.name,
+        "provider_kind": model.provider.kind,
+        "model": model.identifier,
+        "step": step,
+        "latency_ms": latency_ms,
+        "input_tokens": result.usage.input_tokens if result.usage else None,
+        "output_tokens": result.usage.output_tokens if result.usage else None,
+        "stop_reason": result.stop_reason,
+        "response_text": result.text,
+        "tool_calls": [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in result.tool_calls],
+    }
+    with transaction.atomic():
+        audit.record(
+            action="model.call",
+            actor=actor,
+            organization=session.organization,
+            target=model,
+            session_id=session.pk,
+            outcome="failure" if error else "success",
+            error=error,
+            data=data,
+        )
+
+
+class AgentTurn:
+    """One turn of a session: from the queued prompt until the model stops asking for tools."""
+
+    def __init__(self, session: AgentSession, stream: SessionStream) -> None:
+        self.session = session
+        self.stream = stream
+        self.actor = AgentActor(user=session.created_by, session_id=str(session.pk))
+
+    async def run(self) -> None:
+        """Loop model call -> tools until the model ends its turn, the step limit, or an error."""
+        await self._set_status(SessionStatus.RUNNING)
+        for step in range(1, settings.AGENT_MAX_STEPS + 1):
+            messages = await sync_to_async(_conversation)(self.session.pk)
+            started = time.monotonic()
+            result = StepResult()
+            try:
+                await self._call_model(step, messages, result)
+            except ModelCallError as exc:
+                latency_ms = int((time.monotonic() - started) * 1000)
+                await self.stream.flush()
+                await sync_to_async(_audit_model_call)(
+                    session=self.session,
+                    actor=self.actor,
+                    result=result,
+                    latency_ms=latency_ms,
+                    step=step,
+                    error=str(exc),
+                )
+                await self._fail(f"The model call failed: {exc}")
+                return
+            latency_ms = int((time.monotonic() - started) * 1000)
+            await self.stream.flush()
+            await sync_to_async(_audit_model_call)(
+                session=self.session, actor=self.actor, result=result, latency_ms=latency_ms, step=step
+            )
+            await sync_to_async(message_append)(
+                session_id=self.session.pk,
+                role=MessageRole.ASSISTANT,
+                content=result.text,
+                tool_calls=[{"id": c.id, "name": c.name, "arguments": c.arguments} for c in result.tool_calls],
+            )
+            await self.stream.emit("assistant.message", text=result.text, step=step)
+            if not result.tool_calls:
+                await self._set_status(SessionStatus.IDLE)
+                return
+            for call in result.tool_calls:
+                output = await self._run_tool(call)
+                await sync_to_async(message_append)(
+                    session_id=self.session.pk, role=MessageRole.TOOL, content=output, tool_call_id=call.id
+                )
+        await self._fail(f"The agent stopped after {settings.AGENT_MAX_STEPS} steps without finishing.")
+
+    async def _call_model(self, step: int, messages: list[dict[str, Any]], result: StepResult) -> None:
+        correlation = {"session_id": str(self.session.pk), "user_id": str(self.session.created_by_id)}
+        async for event in stream_turn(
+            model=self.session.model,
+            system=SYSTEM_PROMPT,
+            messages=messages,
+            tools=[EXECUTE_TOOL],
+            correlation=correlation,
+        ):
+            if isinstance(event, TextDelta):
+                result.text += event.text
+                await self.stream.emit("assistant.delta", text=event.text, step=step)
+            elif isinstance(event, ToolCallRequest):
+                result.tool_calls.append(event)
+            elif isinstance(event, Usage):
+                result.usage = event
+            elif isinstance(event, TurnEnd):
+                result.stop_reason = event.stop_reason
+
+    async def _run_tool(self, call: ToolCallRequest) -> str:
+        await self.stream.emit("tool.call", id=call.id, name=call.name, arguments=call.arguments)
+        command = call.arguments.get("command") if isinstance(call.arguments, dict) else None
+        error = ""
+        if call.name != EXECUTE_TOOL.name:
+            error = f"Unknown tool {call.name!r}: the only tool is `execute`."
+        elif not isinstance(command, str) or not command.strip():
+            error = "The execute tool needs a non-empty string argument `command`."
+        await sync_to_async(self._audit_tool_call)(call, error)
+        if error:
+            await self.stream.emit("error", message=error, tool_call_id=call.id)
+            return error
+        workspace = await self._workspace()
+        await self.stream.emit("command.started", id=call.id, command=command)
+
+        lines: list[str] = []
+
+        async def on_line(line: str) -> None:
+            lines.append(line)
+            await self.stream.emit("command.output", id=call.id, line=line)
+
+        run = await command_execute(workspace=workspace, command=command, actor=self.actor, on_line=on_line)
+        await self.stream.emit(
+            "command.finished",
+            id=call.id,
+            exit_code=run.exit_code,
+            duration_ms=run.duration_ms,
+            timed_out=run.timed_out,
+            truncated=run.output_truncated,
+        )
+        return _tool_result_text(run, lines)
+
+    def _audit_tool_call(self, call: ToolCallRequest, error: str) -> None:
+        with transaction.atomic():
+            audit.record(
+                action="tool.call",
+                actor=self.actor,
+                organization=self.session.organization,
+                target=self.session,
+                session_id=self.session.pk,
+                outcome="failure" if error else "success",
+                error=error,
+                data={"tool_call_id": call.id, "name": call.name, "arguments": call.arguments},
+            )
+
+    async def _workspace(self) -> Workspace:
+        if self.session.workspace is None:
+            self.session.workspace = await sync_to_async(_workspace_for_session)(self.session, self.actor)
+        return self.session.workspace
+
+    async def _set_status(self, status: str, error: str = "") -> None:
+        await sync_to_async(session_set_status)(session_id=self.session.pk, status=status, error=error)
+        payload = {"status": status, "error": error} if error else {"status": status}
+        await self.stream.emit("status", **payload)
+
+    async def _fail(self, message: str) -> None:
+        await self.stream.emit("error", message=message)
+        await self._set_status(SessionStatus.FAILED, message)
+
+
+def _workspace_for_session(session: AgentSession, actor: AgentActor) -> Workspace:
+    with transaction.atomic():
+        workspace = workspace_create(
+            actor=actor, organization=session.organization, owner=session.created_by, name=f"session-{session.pk}"
+        )
+        AgentSession.objects.filter(pk=session.pk).update(workspace=workspace)
+    return workspace
+
+
+def _tool_result_text(run: CommandRun, lines: list[str]) -> str:
+    output = "\n".join(lines)
+    if len(output) > TOOL_RESULT_CHARS:
+        half = TOOL_RESULT_CHARS // 2
+        output = output[:half] + "\n[... output shortened ...]\n" + output[-half:]
+    status = "timed out" if run.timed_out else f"exit code {run.exit_code}"
+    return f"{output}\n[{status}, {run.duration_ms} ms]"
+
+
+async def run_turn(session_id: uuid.UUID) -> None:
+    """Run one queued turn of a session to the end; never raises (failures land in the stream)."""
+    session = await sync_to_async(_load_session)(session_id)
+    stream = SessionStream(session.pk, await sync_to_async(next_seq)(session.pk))
+    turn = AgentTurn(session, stream)
+    try:
+        await turn.run()
+    except Exception as exc:
+        logger.exception("agent turn of session %s failed", session_id)
+        await turn._fail(f"Internal error while running the agent ({type(exc).__name__}); see the server log.")
+    finally:
+        await stream.close()
