@@ -10,7 +10,8 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import transaction
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import close_old_connections, transaction
 
 import audit
 from agents.models import AgentSession, Message, MessageRole, SessionStatus
@@ -18,6 +19,7 @@ from agents.services import message_append, session_set_status
 from agents.stream import SessionStream, next_seq
 from audit.services import AgentActor
 from providers.clients import ModelCallError, TextDelta, ToolCallRequest, ToolSpec, TurnEnd, Usage, stream_turn
+from workspaces.backends import ExecutionError
 from workspaces.models import CommandRun, Workspace
 from workspaces.services import command_execute, workspace_create
 
@@ -184,7 +186,6 @@ class AgentTurn:
         if error:
             await self.stream.emit("error", message=error, tool_call_id=call.id)
             return error
-        workspace = await self._workspace()
         await self.stream.emit("command.started", id=call.id, command=command)
 
         lines: list[str] = []
@@ -193,7 +194,22 @@ class AgentTurn:
             lines.append(line)
             await self.stream.emit("command.output", id=call.id, line=line)
 
-        run = await command_execute(workspace=workspace, command=command, actor=self.actor, on_line=on_line)
+        try:
+            workspace = await self._workspace()
+            run = await command_execute(workspace=workspace, command=command, actor=self.actor, on_line=on_line)
+        except (ExecutionError, PermissionDenied, ValidationError) as exc:
+            # Already audited by command_execute; the model hears why, and may try something else.
+            message = f"The command could not run: {_reason(exc)}"
+            await self.stream.emit(
+                "command.finished",
+                id=call.id,
+                exit_code=None,
+                duration_ms=0,
+                timed_out=False,
+                truncated=False,
+                error=message,
+            )
+            return message
         await self.stream.emit(
             "command.finished",
             id=call.id,
@@ -241,6 +257,12 @@ def _workspace_for_session(session: AgentSession, actor: AgentActor) -> Workspac
     return workspace
 
 
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(exc.messages)
+    return str(exc) or type(exc).__name__
+
+
 def _tool_result_text(run: CommandRun, lines: list[str]) -> str:
     output = "\n".join(lines)
     if len(output) > TOOL_RESULT_CHARS:
@@ -262,3 +284,5 @@ async def run_turn(session_id: uuid.UUID) -> None:
         await turn._fail(f"Internal error while running the agent ({type(exc).__name__}); see the server log.")
     finally:
         await stream.close()
+        # As at the end of a request: a worker or thread does not keep the turn's connection open.
+        await sync_to_async(close_old_connections)()

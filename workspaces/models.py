@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import models
 
 from organizations.tenancy import TenantQuerySet
+
+if TYPE_CHECKING:
+    from workspaces.backends.base import ExecutionResult
 
 
 class WorkspaceBackend(models.TextChoices):
@@ -61,6 +65,9 @@ class CommandRun(models.Model):
     started_at = models.DateTimeField()
 
     objects = TenantQuerySet.as_manager()
+
+    # Not stored: on the run that `command_execute` returns, the backend's full result (captured output included).
+    result: ExecutionResult | None = None
 
     class Meta:
         ordering = ["started_at"]

@@ -1,0 +1,49 @@
+"""Production settings refuse to start without their secrets or with DEBUG on, naming the variable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY = Fernet.generate_key().decode()
+
+
+def start_production(**overrides: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRLOCK_")}
+    env.update({"DJANGO_SETTINGS_MODULE": "portal.settings.production", **overrides})
+    return subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "CRITICAL"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"AIRLOCK_ENCRYPTION_KEYS": KEY}, "AIRLOCK_SECRET_KEY"),
+        ({"AIRLOCK_SECRET_KEY": "x" * 50}, "AIRLOCK_ENCRYPTION_KEYS"),
+        ({"AIRLOCK_SECRET_KEY": "x" * 50, "AIRLOCK_ENCRYPTION_KEYS": KEY, "AIRLOCK_DEBUG": "1"}, "AIRLOCK_DEBUG"),
+    ],
+)
+def test_production_refuses_to_start_and_names_the_variable(overrides, named):
+    result = start_production(**overrides)
+    assert result.returncode != 0
+    assert named in result.stderr
+    assert "ImproperlyConfigured" in result.stderr
+
+
+def test_production_starts_with_its_secrets(tmp_path):
+    result = start_production(
+        AIRLOCK_SECRET_KEY="x" * 60, AIRLOCK_ENCRYPTION_KEYS=KEY, DATABASE_URL=f"sqlite:///{tmp_path}/prod.sqlite3"
+    )
+    assert result.returncode == 0, result.stderr
