@@ -26,7 +26,9 @@ class Provider(models.Model):
     organization = models.ForeignKey("organizations.Organization", on_delete=models.CASCADE, related_name="providers")
     name = models.CharField(max_length=100)
     kind = models.CharField(max_length=32, choices=ProviderKind.choices)
-    base_url = models.URLField(max_length=500, blank=True, default="")
+    # A CharField, not a URLField: internal hostnames without a dot (http://vllm:8000/v1) are normal here;
+    # services.validate_base_url checks the scheme and host.
+    base_url = models.CharField(max_length=500, blank=True, default="")
     api_key_encrypted = models.TextField(blank=True, default="")
     api_key_hint = models.CharField(max_length=4, blank=True, default="")
     is_simulator = models.BooleanField(default=False)

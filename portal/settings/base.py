@@ -164,6 +164,10 @@ WORKSPACES_ROOT = Path(env_str("AIRLOCK_WORKSPACES_ROOT", str(DATA_DIR / "worksp
 WORKSPACE_COMMAND_TIMEOUT_SECONDS = env_int("AIRLOCK_COMMAND_TIMEOUT_SECONDS", 120)
 WORKSPACE_OUTPUT_CAP_BYTES = env_int("AIRLOCK_COMMAND_OUTPUT_CAP_BYTES", 256 * 1024)
 
+# Model calls: per-request timeout and the SDK's bounded retries (429/5xx/connection errors).
+PROVIDER_TIMEOUT_SECONDS = env_int("AIRLOCK_PROVIDER_TIMEOUT_SECONDS", 120)
+PROVIDER_MAX_RETRIES = env_int("AIRLOCK_PROVIDER_MAX_RETRIES", 2)
+
 # Agent loop limits.
 AGENT_MAX_STEPS = env_int("AIRLOCK_AGENT_MAX_STEPS", 25)
 AGENT_DELTA_FLUSH_MS = env_int("AIRLOCK_AGENT_DELTA_FLUSH_MS", 40)
@@ -174,5 +178,9 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("AIRLOCK_LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "httpx": {"level": "WARNING"},
+        "httpx2": {"level": "WARNING"},
+    },
 }

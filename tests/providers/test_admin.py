@@ -1,0 +1,128 @@
+"""Django admin for providers and models: keys are write-only, changes go through audited services."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+
+from audit.models import AuditEvent
+from organizations.models import Role
+from providers.crypto import decrypt_secret
+from providers.models import LanguageModel, Provider
+from providers.services import model_create, provider_create
+from tests.factories import ProviderFactory, UserFactory, make_member
+from tests.providers.conftest import SECRET_KEY
+
+
+@pytest.fixture
+def staff_owner(org):
+    """An owner of acme who may use the admin site."""
+    user = UserFactory(username="sam", is_staff=True)
+    make_member(org, user, Role.OWNER)
+    return user
+
+
+@pytest.fixture
+def browser(staff_owner) -> Client:
+    client = Client()
+    client.force_login(staff_owner)
+    return client
+
+
+@pytest.fixture
+def provider(org):
+    return provider_create(
+        actor=None,
+        organization=org,
+        name="vLLM",
+        kind="openai-compatible",
+        base_url="http://vllm:8000/v1",
+        api_key=SECRET_KEY,
+    )
+
+
+def test_change_page_never_shows_the_key_or_its_ciphertext(browser, provider):
+    page = browser.get(f"/admin/providers/provider/{provider.pk}/change/").content.decode()
+    listing = browser.get("/admin/providers/provider/").content.decode()
+
+    for html in (page, listing):
+        assert SECRET_KEY not in html and provider.api_key_encrypted not in html
+    assert "7890" in page and 'name="new_api_key"' in page and 'name="api_key_encrypted"' not in page
+
+
+def test_adding_a_provider_in_the_admin_encrypts_the_key_and_audits(browser, org, staff_owner):
+    response = browser.post(
+        "/admin/providers/provider/add/",
+        {
+            "organization": org.pk,
+            "name": "Gateway",
+            "kind": "openai-compatible",
+            "base_url": "https://llm.internal/v1",
+            "new_api_key": "sk-admin-ENTERED-key-5678",
+        },
+    )
+
+    assert response.status_code == 302, response.content.decode()[:2000]
+    provider = Provider.objects.get(name="Gateway")
+    assert decrypt_secret(provider.api_key_encrypted) == "sk-admin-ENTERED-key-5678"
+    event = AuditEvent.objects.get(action="provider.created", target_id=str(provider.pk))
+    assert event.actor_id == str(staff_owner.pk) and event.data["api_key"] == "****5678"
+
+
+def test_a_bad_base_url_in_the_admin_shows_on_the_field_instead_of_failing(browser, org):
+    response = browser.post(
+        "/admin/providers/provider/add/",
+        {"organization": org.pk, "name": "Bad", "kind": "openai-compatible", "base_url": "ftp://x/v1"},
+    )
+
+    assert response.status_code == 200
+    assert "http:// or https://" in response.content.decode()
+    assert not Provider.objects.filter(name="Bad").exists()
+
+
+def test_rotating_the_key_in_the_admin_keeps_it_write_only(browser, provider):
+    response = browser.post(
+        f"/admin/providers/provider/{provider.pk}/change/",
+        {"name": "vLLM", "base_url": "http://vllm:8000/v1", "new_api_key": "sk-rotated-in-admin-0000"},
+    )
+
+    assert response.status_code == 302
+    provider.refresh_from_db()
+    assert decrypt_secret(provider.api_key_encrypted) == "sk-rotated-in-admin-0000"
+    assert AuditEvent.objects.get(action="provider.key_rotated").data == {"before": "****7890", "after": "****0000"}
+
+
+def test_saving_without_a_new_key_keeps_the_stored_one(browser, provider):
+    browser.post(
+        f"/admin/providers/provider/{provider.pk}/change/",
+        {"name": "vLLM renamed", "base_url": "http://vllm:8000/v1", "new_api_key": ""},
+    )
+
+    provider.refresh_from_db()
+    assert provider.name == "vLLM renamed" and decrypt_secret(provider.api_key_encrypted) == SECRET_KEY
+    assert not AuditEvent.objects.filter(action="provider.key_rotated").exists()
+
+
+def test_adding_a_default_model_in_the_admin_moves_the_default(browser, org, provider):
+    first = model_create(
+        actor=None, organization=org, provider=provider, identifier="a", display_name="A", context_limit=1000
+    )
+
+    response = browser.post(
+        "/admin/providers/languagemodel/add/",
+        {"provider": provider.pk, "identifier": "b", "display_name": "B", "context_limit": 2000, "is_default": "on"},
+    )
+
+    assert response.status_code == 302
+    assert list(LanguageModel.objects.filter(is_default=True).values_list("identifier", flat=True)) == ["b"]
+    first.refresh_from_db()
+    assert not first.is_default and AuditEvent.objects.filter(action="model.created").count() == 2
+
+
+def test_owners_see_only_their_organizations_providers(browser, other_org, provider):
+    foreign = ProviderFactory(organization=other_org, name="Foreign")
+
+    listing = browser.get("/admin/providers/provider/").content.decode()
+
+    assert "vLLM" in listing and "Foreign" not in listing
+    assert browser.get(f"/admin/providers/provider/{foreign.pk}/change/").status_code in (302, 404)
