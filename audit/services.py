@@ -11,7 +11,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import models, transaction
 
 from audit import context as audit_context
-from audit.chain import chain_hash, event_document, normalize
+from audit.chain import chain_hash, clean_text, event_document, normalize
 from audit.models import ActorType, AuditChainHead, AuditEvent, Outcome
 from organizations.models import Organization
 
@@ -34,18 +34,23 @@ class SystemActor:
 Actor = AbstractBaseUser | AgentActor | SystemActor | None
 
 
+def _text(value: object, limit: int) -> str:
+    """A storable string for a free-text column, cut to the column's length."""
+    return clean_text(str(value))[:limit]
+
+
 def _actor_fields(actor: Actor) -> dict[str, str]:
     if actor is None:
         return {"actor_type": ActorType.SYSTEM, "actor_id": "", "actor_display": "system"}
     if isinstance(actor, SystemActor):
-        return {"actor_type": ActorType.SYSTEM, "actor_id": "", "actor_display": actor.name}
+        return {"actor_type": ActorType.SYSTEM, "actor_id": "", "actor_display": _text(actor.name, 200)}
     if isinstance(actor, AgentActor):
         return {
             "actor_type": ActorType.AGENT,
             "actor_id": str(actor.user.pk),
-            "actor_display": f"agent acting for {actor.user.get_username()} in session {actor.session_id}",
+            "actor_display": _text(f"agent acting for {actor.user.get_username()} in session {actor.session_id}", 200),
         }
-    return {"actor_type": ActorType.USER, "actor_id": str(actor.pk), "actor_display": actor.get_username()}
+    return {"actor_type": ActorType.USER, "actor_id": str(actor.pk), "actor_display": _text(actor.get_username(), 200)}
 
 
 def _target_fields(target: models.Model | None) -> dict[str, str]:
@@ -54,7 +59,7 @@ def _target_fields(target: models.Model | None) -> dict[str, str]:
     return {
         "target_type": target._meta.label_lower,
         "target_id": str(target.pk),
-        "target_display": str(target)[:300],
+        "target_display": _text(target, 300),
     }
 
 
@@ -77,9 +82,14 @@ def record(
     """
     if outcome not in Outcome.values:
         raise ValueError(f"Unknown audit outcome {outcome!r}")
+    if not action or len(action) > 100:
+        raise ValueError(f"Audit action must be a dotted name of 1 to 100 characters, got {action!r}")
     request = audit_context.current()
     if isinstance(actor, AgentActor) and session_id is None:
         session_id = actor.session_id
+    for name, value in (("session_id", session_id), ("workspace_id", workspace_id)):
+        if len(str(value or "")) > 64:
+            raise ValueError(f"Audit {name} must be at most 64 characters, got {str(value)[:80]!r}")
     with transaction.atomic():
         head, _ = AuditChainHead.objects.select_for_update().get_or_create(organization_id=organization.pk)
         event = AuditEvent(
@@ -89,11 +99,11 @@ def record(
             occurred_at=dt.datetime.now(dt.UTC),
             action=action,
             outcome=outcome,
-            error=error[:4000],
+            error=_text(error, 4000),
             auth_method=request.auth_method if not isinstance(actor, AgentActor | SystemActor) else "",
-            source_ip=request.source_ip,
-            user_agent=request.user_agent,
-            request_id=request.request_id,
+            source_ip=_text(request.source_ip, 64),
+            user_agent=_text(request.user_agent, 500),
+            request_id=_text(request.request_id, 64),
             session_id=str(session_id or ""),
             workspace_id=str(workspace_id or ""),
             data=normalize(data or {}),

@@ -1,0 +1,118 @@
+"""Audit test helpers: a recorded chain of mixed events, tampering like a database superuser, the real CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from audit import record
+from audit.context import bound
+from audit.models import AuditEvent, Outcome
+from audit.services import AgentActor, SystemActor
+from organizations.models import Organization
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SESSION_ID = "5f1c7a52-7d65-4f1b-9a5e-2d0c9d1f0a11"
+
+
+@contextmanager
+def tampering() -> Iterator[None]:
+    """Act as an attacker with database superuser rights: on PostgreSQL, switch the append-only trigger off."""
+    if connection.vendor != "postgresql":
+        yield
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SET session_replication_role = replica")
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SET session_replication_role = DEFAULT")
+
+
+def record_mixed_chain(organization: Organization, user: object, count: int = 12) -> list[AuditEvent]:
+    """Record `count` events the way the product does: user, agent and system actions, failures, rich data."""
+    events = []
+    with bound(request_id="req-1", source_ip="10.0.0.7", user_agent="pytest-browser", auth_method="session"):
+        for index in range(count):
+            kind = index % 4
+            if kind == 0:
+                event = record(
+                    action="prompt.submitted",
+                    actor=user,
+                    organization=organization,
+                    target=organization,
+                    data={"chars": 40 + index},
+                )
+            elif kind == 1:
+                event = record(
+                    action="model.call",
+                    actor=AgentActor(user=user, session_id=SESSION_ID),
+                    organization=organization,
+                    data={"model": "sim-model", "tokens": {"in": 120, "out": 33 + index}, "cost": 0.0012},
+                )
+            elif kind == 2:
+                event = record(
+                    action="workspace.command",
+                    actor=AgentActor(user=user, session_id=SESSION_ID),
+                    organization=organization,
+                    outcome=Outcome.FAILURE,
+                    error="exit status 2",
+                    workspace_id=42,
+                    data={"argv": ["pytest", "-q"], "exit": 2},
+                )
+            else:
+                event = record(
+                    action="provider.key_rotated",
+                    actor=SystemActor("key-rotation"),
+                    organization=organization,
+                    data={"note": "scheduled rotation ✓", "previous": None},
+                )
+            events.append(event)
+    return events
+
+
+@dataclass(frozen=True)
+class CliRun:
+    """What a real `python manage.py ...` process did."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _database_url() -> str:
+    """A URL that points a child process at the database the tests are using right now."""
+    db = settings.DATABASES["default"]
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        return f"sqlite:///{Path(db['NAME']).resolve()}"
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    return f"postgres://{db['USER']}{password}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+@pytest.fixture
+def manage_py() -> object:
+    """Run `python manage.py <args>` in a child process against the test database (needs committed data)."""
+
+    def run(*args: str) -> CliRun:
+        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "portal.settings.test", "DATABASE_URL": _database_url()}
+        done = subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return CliRun(done.returncode, done.stdout, done.stderr)
+
+    return run

@@ -1,0 +1,69 @@
+"""The admin shows audit events read-only: no way to add, change or delete one."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import Permission
+
+from audit.models import AuditEvent
+from tests.audit.conftest import record_mixed_chain
+from tests.factories import UserFactory, make_member
+
+LIST_URL = "/admin/audit/auditevent/"
+
+
+@pytest.fixture
+def logs(org, other_org, agents_user, outsider) -> None:
+    """Four events in acme, two in globex."""
+    record_mixed_chain(org, agents_user, count=4)
+    record_mixed_chain(other_org, outsider, count=2)
+
+
+@pytest.fixture
+def superuser(db):
+    """The deployment owner."""
+    return UserFactory(username="root", is_staff=True, is_superuser=True)
+
+
+def test_superuser_lists_events_filtered_by_organization_action_and_outcome(client, logs, superuser, org):
+    client.force_login(superuser)
+
+    page = client.get(LIST_URL, {"organization__id__exact": org.pk, "action": "model.call", "outcome": "success"})
+
+    assert page.status_code == 200
+    assert list(page.context["cl"].result_list) == list(AuditEvent.objects.filter(organization=org, sequence=2))
+
+
+def test_event_page_is_read_only(client, logs, superuser, org):
+    client.force_login(superuser)
+    event = AuditEvent.objects.get(organization=org, sequence=1)
+    url = f"{LIST_URL}{event.pk}/change/"
+
+    page = client.get(url)
+
+    assert page.status_code == 200
+    assert b'name="_save"' not in page.content
+    assert client.post(url, {"action": "forged"}).status_code == 403
+    assert AuditEvent.objects.get(pk=event.pk).action == "prompt.submitted"
+
+
+def test_adding_or_deleting_an_event_is_forbidden(client, logs, superuser, org):
+    client.force_login(superuser)
+    event = AuditEvent.objects.get(organization=org, sequence=1)
+
+    assert client.get(f"{LIST_URL}add/").status_code == 403
+    assert client.post(f"{LIST_URL}{event.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert AuditEvent.objects.filter(pk=event.pk).exists()
+
+
+def test_staff_auditor_sees_only_their_organizations_events(client, logs, org, other_org):
+    staff = UserFactory(username="steve", is_staff=True)
+    staff.user_permissions.add(Permission.objects.get(codename="view_auditevent"))
+    make_member(org, staff, "auditor")
+    client.force_login(staff)
+
+    page = client.get(LIST_URL)
+
+    assert page.status_code == 200
+    assert {event.organization_id for event in page.context["cl"].result_list} == {org.pk}
+    assert other_org.slug not in page.content.decode()
