@@ -37,6 +37,7 @@ HASHED_FIELDS = (
     "target_display",
     "session_id",
     "workspace_id",
+    "model_call_id",
     "data",
 )
 

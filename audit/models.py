@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+from django.conf import settings
 from django.db import models
 
 from organizations.models import Organization
@@ -51,6 +52,7 @@ class AuditEvent(models.Model):
     target_display = models.CharField(max_length=300, blank=True, default="")
     session_id = models.CharField(max_length=64, blank=True, default="", db_index=True)
     workspace_id = models.CharField(max_length=64, blank=True, default="")
+    model_call_id = models.CharField(max_length=64, blank=True, default="")
     data = models.JSONField(default=dict)
     prev_hash = models.CharField(max_length=64)
     hash = models.CharField(max_length=64)
@@ -79,3 +81,137 @@ class AuditChainHead(models.Model):
 
     def __str__(self) -> str:
         return f"{self.organization_id} head #{self.sequence}"
+
+
+class ContentPolicy(models.TextChoices):
+    """How much of prompts, answers and command output an organization's audit events keep."""
+
+    FULL = "full", "Full text (secrets masked)"
+    REDACTED = "redacted", "Redacted (secrets and configured patterns masked)"
+    DIGEST = "digest", "Digest only (sha256 of prompts and output)"
+
+
+class AuditSettings(models.Model):
+    """An organization's audit policy: content kept, retention and legal hold."""
+
+    organization = models.OneToOneField(
+        Organization, on_delete=models.CASCADE, primary_key=True, related_name="audit_settings"
+    )
+    content_policy = models.CharField(max_length=16, choices=ContentPolicy.choices, default=ContentPolicy.FULL)
+    redaction_patterns = models.JSONField(default=list, blank=True, help_text="Regular expressions to mask.")
+    retention_days = models.PositiveIntegerField(null=True, blank=True, help_text="Empty: keep forever.")
+    legal_hold = models.BooleanField(default=False, help_text="While on, nothing is purged.")
+    legal_hold_reason = models.TextField(blank=True, default="")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"audit settings of {self.organization_id}"
+
+
+class AuditCheckpoint(models.Model):
+    """A signed statement of a chain's head (Ed25519), so that a truncated tail is detected."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="audit_checkpoints")
+    sequence = models.BigIntegerField()
+    hash = models.CharField(max_length=64)
+    signed_at = models.DateTimeField()
+    key_id = models.CharField(max_length=64, help_text="sha256 of the public key, hex (first 16 bytes).")
+    signature = models.CharField(max_length=128, help_text="Ed25519 signature, hex.")
+
+    class Meta:
+        ordering = ["organization_id", "sequence"]
+        indexes = [models.Index(fields=["organization", "-signed_at"], name="audit_checkpoint_latest")]
+
+    def __str__(self) -> str:
+        return f"{self.organization_id} checkpoint #{self.sequence}"
+
+
+class ExportFormat(models.TextChoices):
+    """Formats the audit log is exported in."""
+
+    JSONL = "jsonl", "JSON Lines"
+    CSV = "csv", "CSV"
+    OCSF = "ocsf", "OCSF 1.x (JSON Lines)"
+    CEF = "cef", "CEF"
+
+
+class ExportStatus(models.TextChoices):
+    """Where a background export stands."""
+
+    PENDING = "pending", "Pending"
+    RUNNING = "running", "Running"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"
+
+
+class AuditExport(models.Model):
+    """A background export: a file plus a signed manifest (row count, sequences, head hash, sha256)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="audit_exports")
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    format = models.CharField(max_length=8, choices=ExportFormat.choices)
+    since = models.DateTimeField(null=True, blank=True)
+    until = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(max_length=16, choices=ExportStatus.choices, default=ExportStatus.PENDING)
+    file_path = models.CharField(max_length=1000, blank=True, default="")
+    row_count = models.BigIntegerField(default=0)
+    first_sequence = models.BigIntegerField(null=True, blank=True)
+    last_sequence = models.BigIntegerField(null=True, blank=True)
+    head_hash = models.CharField(max_length=64, blank=True, default="")
+    sha256 = models.CharField(max_length=64, blank=True, default="")
+    manifest = models.JSONField(default=dict, blank=True)
+    signature = models.CharField(max_length=128, blank=True, default="")
+    error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"export {self.id} ({self.format}, {self.status})"
+
+
+class DestinationKind(models.TextChoices):
+    """SIEM destinations events are forwarded to."""
+
+    SPLUNK_HEC = "splunk-hec", "Splunk HTTP Event Collector"
+    WEBHOOK = "webhook", "HTTPS webhook (HMAC-SHA256 signed)"
+    SYSLOG = "syslog", "Syslog (RFC 5424 over TCP or TLS)"
+
+
+class AuditDestination(models.Model):
+    """Where an organization's events are forwarded; the log itself is the outbox, read after `delivered_sequence`.
+
+    An event is queued for every enabled destination by the same transaction that appends it (its sequence
+    is past the destination's cursor); delivery advances the cursor only after the receiver acknowledged.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="audit_destinations")
+    name = models.CharField(max_length=100)
+    kind = models.CharField(max_length=16, choices=DestinationKind.choices)
+    url = models.CharField(max_length=500, blank=True, default="", help_text="HEC or webhook URL.")
+    host = models.CharField(max_length=255, blank=True, default="", help_text="Syslog host.")
+    port = models.PositiveIntegerField(null=True, blank=True)
+    use_tls = models.BooleanField(default=False)
+    ca_certificate = models.TextField(blank=True, default="", help_text="PEM bundle to trust (TLS).")
+    secret_encrypted = models.TextField(blank=True, default="", help_text="HEC token or HMAC secret, encrypted.")
+    secret_hint = models.CharField(max_length=4, blank=True, default="")
+    options = models.JSONField(default=dict, blank=True)
+    enabled = models.BooleanField(default=True)
+    delivered_sequence = models.BigIntegerField(default=0, help_text="Last sequence the receiver acknowledged.")
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["organization", "name"], name="audit_destination_unique_name")]
+        ordering = ["organization_id", "name"]
+
+    def __str__(self) -> str:
+        return self.name

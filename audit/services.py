@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -12,7 +13,9 @@ from django.db import models, transaction
 
 from audit import context as audit_context
 from audit.chain import chain_hash, clean_text, event_document, normalize
+from audit.forwarding import schedule_forwarding
 from audit.models import ActorType, AuditChainHead, AuditEvent, Outcome
+from audit.policy import prepare_event_data
 from organizations.models import Organization
 
 
@@ -74,6 +77,7 @@ def record(
     data: dict[str, Any] | None = None,
     session_id: str | uuid.UUID | None = None,
     workspace_id: str | uuid.UUID | int | None = None,
+    model_call_id: str | uuid.UUID | None = None,
 ) -> AuditEvent:
     """Append one event to the organization's chain, inside the caller's transaction.
 
@@ -87,7 +91,7 @@ def record(
     request = audit_context.current()
     if isinstance(actor, AgentActor) and session_id is None:
         session_id = actor.session_id
-    for name, value in (("session_id", session_id), ("workspace_id", workspace_id)):
+    for name, value in (("session_id", session_id), ("workspace_id", workspace_id), ("model_call_id", model_call_id)):
         if len(str(value or "")) > 64:
             raise ValueError(f"Audit {name} must be at most 64 characters, got {str(value)[:80]!r}")
     with transaction.atomic():
@@ -106,7 +110,8 @@ def record(
             request_id=_text(request.request_id, 64),
             session_id=str(session_id or ""),
             workspace_id=str(workspace_id or ""),
-            data=normalize(data or {}),
+            model_call_id=str(model_call_id or ""),
+            data=normalize(prepare_event_data(organization_id=organization.pk, action=action, data=data or {})),
             prev_hash=head.hash,
             **_actor_fields(actor),
             **_target_fields(target),
@@ -116,4 +121,5 @@ def record(
         head.sequence = event.sequence
         head.hash = event.hash
         head.save(update_fields=["sequence", "hash"])
+        transaction.on_commit(partial(schedule_forwarding, organization.pk))
     return event

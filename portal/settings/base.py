@@ -158,6 +158,9 @@ ANONYMOUS_USER_NAME = None
 
 # Secrets: AIRLOCK_ENCRYPTION_KEYS is a comma-separated list of Fernet keys; the first encrypts, all decrypt.
 AIRLOCK_ENCRYPTION_KEYS = env_list("AIRLOCK_ENCRYPTION_KEYS")
+# Ed25519 key (url-safe base64 of the 32-byte seed) that signs audit checkpoints and export manifests.
+AIRLOCK_AUDIT_SIGNING_KEY = env_str("AIRLOCK_AUDIT_SIGNING_KEY", "")
+AUDIT_EXPORT_DIR = Path(env_str("AIRLOCK_AUDIT_EXPORT_DIR", str(DATA_DIR / "exports")))
 
 # Workspaces: where the local backend puts each session's directory, and the limits of one command.
 WORKSPACES_ROOT = Path(env_str("AIRLOCK_WORKSPACES_ROOT", str(DATA_DIR / "workspaces")))

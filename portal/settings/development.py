@@ -22,8 +22,17 @@ def _persistent_secret(filename: str, make: callable) -> str:
     return path.read_text().strip()
 
 
+def _new_signing_key() -> str:
+    from audit.signing import generate_key
+
+    return generate_key()
+
+
 DEBUG = env_bool("AIRLOCK_DEBUG", True)
 SECRET_KEY = env_str("AIRLOCK_SECRET_KEY") or _persistent_secret("secret_key", get_random_secret_key)
 AIRLOCK_ENCRYPTION_KEYS = env_list("AIRLOCK_ENCRYPTION_KEYS") or [
     _persistent_secret("encryption_key", lambda: Fernet.generate_key().decode())
 ]
+AIRLOCK_AUDIT_SIGNING_KEY = env_str("AIRLOCK_AUDIT_SIGNING_KEY") or _persistent_secret(
+    "audit_signing_key", _new_signing_key
+)

@@ -16,6 +16,7 @@ if not AIRLOCK_ENCRYPTION_KEYS:
     raise ImproperlyConfigured(
         "Set the environment variable AIRLOCK_ENCRYPTION_KEYS: comma-separated Fernet keys, the first encrypts."
     )
+AIRLOCK_AUDIT_SIGNING_KEY = env_str("AIRLOCK_AUDIT_SIGNING_KEY", required=True)
 SESSION_COOKIE_SECURE = env_bool("AIRLOCK_SECURE_COOKIES", True)
 CSRF_COOKIE_SECURE = env_bool("AIRLOCK_SECURE_COOKIES", True)
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

@@ -12,6 +12,8 @@ SECRET_KEY = "test-secret-key-not-for-production"  # noqa: S105
 AIRLOCK_ENCRYPTION_KEYS = [
     os.environ.get("AIRLOCK_TEST_ENCRYPTION_KEY", "d8CxqPjfH9V0Z8B2v9mSx6yv0eU1c3ZrQ0wQnH4n2hY=")
 ]
+AIRLOCK_AUDIT_SIGNING_KEY = "M1cwzAxyfT7rlbXQ3o5Nq8qRD8CKUb-2wb9i8JVfAx4="
+AUDIT_EXPORT_DIR = DATA_DIR / f"test-exports-{os.getpid()}"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 ALLOWED_HOSTS = ["*"]

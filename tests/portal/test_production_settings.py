@@ -12,6 +12,7 @@ from cryptography.fernet import Fernet
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = Fernet.generate_key().decode()
+SIGNING = "M1cwzAxyfT7rlbXQ3o5Nq8qRD8CKUb-2wb9i8JVfAx4="
 
 
 def start_production(**overrides: str) -> subprocess.CompletedProcess:
@@ -32,6 +33,7 @@ def start_production(**overrides: str) -> subprocess.CompletedProcess:
     [
         ({"AIRLOCK_ENCRYPTION_KEYS": KEY}, "AIRLOCK_SECRET_KEY"),
         ({"AIRLOCK_SECRET_KEY": "x" * 50}, "AIRLOCK_ENCRYPTION_KEYS"),
+        ({"AIRLOCK_SECRET_KEY": "x" * 50, "AIRLOCK_ENCRYPTION_KEYS": KEY}, "AIRLOCK_AUDIT_SIGNING_KEY"),
         ({"AIRLOCK_SECRET_KEY": "x" * 50, "AIRLOCK_ENCRYPTION_KEYS": KEY, "AIRLOCK_DEBUG": "1"}, "AIRLOCK_DEBUG"),
     ],
 )
@@ -44,6 +46,9 @@ def test_production_refuses_to_start_and_names_the_variable(overrides, named):
 
 def test_production_starts_with_its_secrets(tmp_path):
     result = start_production(
-        AIRLOCK_SECRET_KEY="x" * 60, AIRLOCK_ENCRYPTION_KEYS=KEY, DATABASE_URL=f"sqlite:///{tmp_path}/prod.sqlite3"
+        AIRLOCK_SECRET_KEY="x" * 60,
+        AIRLOCK_ENCRYPTION_KEYS=KEY,
+        AIRLOCK_AUDIT_SIGNING_KEY=SIGNING,
+        DATABASE_URL=f"sqlite:///{tmp_path}/prod.sqlite3",
     )
     assert result.returncode == 0, result.stderr
