@@ -9,6 +9,7 @@ from portal import health
 api_v1 = [
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("", include("providers.api.urls")),
+    path("", include("audit.api.urls")),
     path("", include("agents.api.urls")),
 ]
 
@@ -18,5 +19,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
     path("api/v1/", include(api_v1)),
+    path("", include("providers.urls")),
+    path("", include("audit.urls")),
     path("", include("agents.urls")),
 ]

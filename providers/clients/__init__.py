@@ -36,6 +36,11 @@ __all__ = [
 # provider kind -> module with `async def stream(*, provider, model, system, messages, tools, correlation)`
 ADAPTERS: dict[str, str] = {
     "openai-compatible": "providers.clients.openai_compatible",
+    "openai": "providers.clients.openai_compatible",
+    "azure-openai": "providers.clients.openai_compatible",
+    "anthropic": "providers.clients.anthropic",
+    "google": "providers.clients.google",
+    "bedrock": "providers.clients.bedrock",
 }
 
 

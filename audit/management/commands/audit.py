@@ -1,60 +1,35 @@
-"""`python manage.py audit verify --org SLUG [--since SEQ]`: check an organization's audit chain."""
+"""`python manage.py audit SUBCOMMAND ...`: audit log tools (one module per subcommand in audit/cli/)."""
 
 from __future__ import annotations
 
-import argparse
+import importlib
+import pkgutil
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandParser
 
-from audit.verify import verify_chain
-from organizations.models import Organization
+import audit.cli
 
 
-def _positive_int(text: str) -> int:
-    """argparse type for a sequence number (1 or more)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a sequence number of 1 or more, got {text!r}")
-    return value
+def _subcommands() -> dict[str, Any]:
+    modules = {}
+    for info in sorted(pkgutil.iter_modules(audit.cli.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"audit.cli.{info.name}")
+        if hasattr(module, "register") and hasattr(module, "handle"):
+            modules[info.name] = module
+    return modules
 
 
 class Command(BaseCommand):
-    """Audit log tools: `verify` (more subcommands, such as `export`, hang off the same parser)."""
+    """Dispatch to the subcommand modules of audit/cli/ (verify, export, checkpoint, purge, ...)."""
 
-    help = "Audit log tools. `audit verify --org SLUG [--since SEQ]` checks an organization's hash chain."
+    help = "Audit log tools: verify, export, checkpoint, purge and more; `audit SUBCOMMAND --help` for each."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        subcommands = parser.add_subparsers(dest="subcommand", metavar="{verify}", required=True)
-        verify = subcommands.add_parser(
-            "verify",
-            help="Recompute an organization's hash chain and report the first altered, missing or reordered event.",
-        )
-        verify.add_argument("--org", required=True, metavar="SLUG", help="the organization's slug")
-        verify.add_argument(
-            "--since",
-            type=_positive_int,
-            metavar="SEQ",
-            help="verify from this sequence number on, trusting the stored hash of the event before it",
-        )
+        self.modules = _subcommands()
+        subparsers = parser.add_subparsers(dest="subcommand", metavar="{" + ",".join(self.modules) + "}", required=True)
+        for name, module in self.modules.items():
+            module.register(subparsers.add_parser(name, help=module.HELP, description=module.HELP))
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if options["subcommand"] == "verify":
-            self._verify(slug=options["org"], since=options.get("since"))
-
-    def _verify(self, *, slug: str, since: int | None) -> None:
-        organization = Organization.objects.filter(slug=slug).first()
-        if organization is None:
-            raise CommandError(f"No organization with slug {slug!r}; pass the slug shown in the organization's URL.")
-        try:
-            result = verify_chain(organization=organization, since_sequence=since)
-        except ValueError as exc:
-            raise CommandError(str(exc)) from exc
-        if not result.ok:
-            raise CommandError(f"FAILED at #{result.first_bad_sequence}: {result.reason}")
-        self.stdout.write(
-            f"OK: {result.events_checked} events verified, head #{result.head_sequence} {result.head_hash[:12]}"
-        )
+        self.modules[options["subcommand"]].handle(self, options)

@@ -1,0 +1,3 @@
+"""Audit API routes: destinations."""
+
+urlpatterns: list = []

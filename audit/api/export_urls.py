@@ -1,0 +1,3 @@
+"""Audit API routes: exports."""
+
+urlpatterns: list = []

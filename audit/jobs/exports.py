@@ -1,0 +1,3 @@
+"""Celery tasks: exports."""
+
+__all__: list[str] = []

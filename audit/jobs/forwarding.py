@@ -1,0 +1,3 @@
+"""Celery tasks: forwarding."""
+
+__all__: list[str] = []

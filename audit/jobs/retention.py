@@ -1,0 +1,3 @@
+"""Celery tasks: retention."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Audit pages: browse the log, one event, a session timeline."""
+
+urlpatterns: list = []

@@ -1,0 +1,3 @@
+"""Provider and model settings pages."""
+
+urlpatterns: list = []
