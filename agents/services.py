@@ -16,6 +16,7 @@ from agents.stream import next_seq, publish_now
 from organizations.models import Organization
 from organizations.permissions import require_permission
 from providers.models import LanguageModel
+from providers.selectors import models_for_user
 
 MAX_PROMPT_CHARS = 100_000
 
@@ -29,13 +30,13 @@ def _clean_prompt(prompt: str) -> str:
 
 
 def _resolve_model(*, user: AbstractBaseUser, organization: Organization, model_id: int | None) -> LanguageModel:
-    usable = LanguageModel.objects.for_user(user, "model.use").filter(organization=organization)
+    usable = models_for_user(user=user, organization=organization)
     if model_id is None:
-        model = usable.filter(is_default=True).select_related("provider").first()
+        model = usable.filter(is_default=True).first()
         if model is None:
             raise ValidationError({"model": "This organization has no default model: pick one, or ask an owner."})
         return model
-    model = usable.filter(pk=model_id).select_related("provider").first()
+    model = usable.filter(pk=model_id).first()
     if model is None:
         raise ValidationError({"model": f"No model with id {model_id} is available to you in {organization.slug}."})
     return model

@@ -16,6 +16,7 @@ from organizations.models import Organization
 from organizations.permissions import has_permission, is_member
 from organizations.tenancy import organizations_for_user
 from providers.models import LanguageModel
+from providers.selectors import models_for_user
 
 SIDEBAR_SESSIONS = 50
 
@@ -51,12 +52,9 @@ def chat(request: HttpRequest, slug: str, session_id: uuid.UUID | None = None) -
     organization = _organization_for_member(request, slug)
     visible_sessions = sessions_for_user(user=request.user, organization=organization)
     session = get_object_or_404(visible_sessions, pk=session_id) if session_id is not None else None
-    models = list(
-        LanguageModel.objects.for_user(request.user)
-        .filter(organization=organization)
-        .select_related("provider")
-        .order_by("-is_default", "display_name")
-    )
+    models = list(models_for_user(user=request.user, organization=organization).order_by("-is_default", "display_name"))
+    if session is not None and session.model_id not in {model.pk for model in models}:
+        models.append(session.model)  # a session keeps showing its model, even to someone who may not pick it
     sessions = visible_sessions.filter(created_by_id=request.user.pk)[:SIDEBAR_SESSIONS]
     selected = _selected_model(models, session)
     context = {

@@ -8,6 +8,7 @@ from portal.settings.base import *  # noqa: F403
 from portal.settings.base import DATA_DIR, DATABASES
 
 DEBUG = False
+DATA_DIR.mkdir(parents=True, exist_ok=True)
 SECRET_KEY = "test-secret-key-not-for-production"  # noqa: S105
 AIRLOCK_ENCRYPTION_KEYS = [
     os.environ.get("AIRLOCK_TEST_ENCRYPTION_KEY", "d8CxqPjfH9V0Z8B2v9mSx6yv0eU1c3ZrQ0wQnH4n2hY=")
