@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import uuid
@@ -17,8 +18,20 @@ import audit
 from agents.models import AgentSession, Message, MessageRole, SessionStatus
 from agents.services import message_append, session_set_status
 from agents.stream import SessionStream, next_seq
+from audit.chain import canonical_json
 from audit.services import AgentActor
-from providers.clients import ModelCallError, TextDelta, ToolCallRequest, ToolSpec, TurnEnd, Usage, stream_turn
+from providers.clients import (
+    CallSummary,
+    ModelCallError,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallRequest,
+    ToolSpec,
+    TurnEnd,
+    Usage,
+    stream_turn,
+)
+from providers.usage import model_call_record
 from workspaces.backends import ExecutionError
 from workspaces.models import CommandRun, Workspace
 from workspaces.services import command_execute, workspace_create
@@ -51,15 +64,18 @@ class StepResult:
     """What one model call produced."""
 
     text: str = ""
+    reasoning: str = ""
     tool_calls: list[ToolCallRequest] = field(default_factory=list)
     usage: Usage | None = None
+    summary: CallSummary | None = None
     stop_reason: str = ""
+    request_digest: str = ""
 
 
 def _load_session(session_id: uuid.UUID) -> AgentSession:
-    return AgentSession.objects.select_related("organization", "created_by", "model__provider", "workspace").get(
-        pk=session_id
-    )
+    return AgentSession.objects.select_related(
+        "organization", "created_by", "model__provider", "model__fallback__provider", "workspace"
+    ).get(pk=session_id)
 
 
 def _conversation(session_id: uuid.UUID) -> list[dict[str, Any]]:
@@ -74,31 +90,59 @@ def _conversation(session_id: uuid.UUID) -> list[dict[str, Any]]:
     return messages
 
 
-def _audit_model_call(
-    *, session: AgentSession, actor: AgentActor, result: StepResult, latency_ms: int, step: int, error: str = ""
+def _record_model_call(
+    *,
+    session: AgentSession,
+    actor: AgentActor,
+    result: StepResult,
+    latency_ms: int,
+    step: int,
+    error: ModelCallError | None = None,
 ) -> None:
+    """Store the call's usage and cost (ModelCall) and audit it as `model.call`, in one transaction."""
     model = session.model
-    data = {
-        "provider": model.provider.name,
-        "provider_kind": model.provider.kind,
-        "model": model.identifier,
-        "step": step,
-        "latency_ms": latency_ms,
-        "input_tokens": result.usage.input_tokens if result.usage else None,
-        "output_tokens": result.usage.output_tokens if result.usage else None,
-        "stop_reason": result.stop_reason,
-        "response_text": result.text,
-        "tool_calls": [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in result.tool_calls],
-    }
+    usage = result.usage
     with transaction.atomic():
+        call = model_call_record(
+            model=model,
+            user_id=session.created_by_id,
+            session_id=str(session.pk),
+            status="failure" if error else "success",
+            usage=usage,
+            latency_ms=latency_ms,
+            summary=result.summary,
+            stop_reason=result.stop_reason,
+            error=str(error or ""),
+        )
+        data = {
+            "provider": call.provider_name,
+            "provider_kind": model.provider.kind,
+            "model": call.model_identifier,
+            "fell_back_from": call.fell_back_from,
+            "attempts": error.attempts if error else call.attempts,
+            "step": step,
+            "latency_ms": latency_ms,
+            "time_to_first_token_ms": call.time_to_first_token_ms,
+            "input_tokens": usage.input_tokens if usage else None,
+            "output_tokens": usage.output_tokens if usage else None,
+            "cache_read_tokens": usage.cache_read_tokens if usage else None,
+            "cache_write_tokens": usage.cache_write_tokens if usage else None,
+            "cost": str(call.cost),
+            "stop_reason": result.stop_reason,
+            "request_messages_sha256": result.request_digest,
+            "response_text": result.text,
+            "reasoning_text": result.reasoning,
+            "tool_calls": [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in result.tool_calls],
+        }
         audit.record(
             action="model.call",
             actor=actor,
             organization=session.organization,
             target=model,
             session_id=session.pk,
+            model_call_id=call.pk,
             outcome="failure" if error else "success",
-            error=error,
+            error=str(error or ""),
             data=data,
         )
 
@@ -123,19 +167,14 @@ class AgentTurn:
             except ModelCallError as exc:
                 latency_ms = int((time.monotonic() - started) * 1000)
                 await self.stream.flush()
-                await sync_to_async(_audit_model_call)(
-                    session=self.session,
-                    actor=self.actor,
-                    result=result,
-                    latency_ms=latency_ms,
-                    step=step,
-                    error=str(exc),
+                await sync_to_async(_record_model_call)(
+                    session=self.session, actor=self.actor, result=result, latency_ms=latency_ms, step=step, error=exc
                 )
                 await self._fail(f"The model call failed: {exc}")
                 return
             latency_ms = int((time.monotonic() - started) * 1000)
             await self.stream.flush()
-            await sync_to_async(_audit_model_call)(
+            await sync_to_async(_record_model_call)(
                 session=self.session, actor=self.actor, result=result, latency_ms=latency_ms, step=step
             )
             await sync_to_async(message_append)(
@@ -157,6 +196,7 @@ class AgentTurn:
 
     async def _call_model(self, step: int, messages: list[dict[str, Any]], result: StepResult) -> None:
         correlation = {"session_id": str(self.session.pk), "user_id": str(self.session.created_by_id)}
+        result.request_digest = hashlib.sha256(canonical_json([SYSTEM_PROMPT, messages]).encode()).hexdigest()
         async for event in stream_turn(
             model=self.session.model,
             system=SYSTEM_PROMPT,
@@ -167,6 +207,11 @@ class AgentTurn:
             if isinstance(event, TextDelta):
                 result.text += event.text
                 await self.stream.emit("assistant.delta", text=event.text, step=step)
+            elif isinstance(event, ReasoningDelta):
+                result.reasoning += event.text
+                await self.stream.emit("assistant.reasoning", text=event.text, step=step)
+            elif isinstance(event, CallSummary):
+                result.summary = event
             elif isinstance(event, ToolCallRequest):
                 result.tool_calls.append(event)
             elif isinstance(event, Usage):

@@ -16,7 +16,7 @@ from django.db.models import Max
 from agents.models import SessionEvent
 
 # Event types that may be coalesced and flushed on a timer; every other type flushes at once.
-BATCHED_TYPES = frozenset({"assistant.delta", "command.output"})
+BATCHED_TYPES = frozenset({"assistant.delta", "assistant.reasoning", "command.output"})
 
 
 def group_name(session_id: uuid.UUID | str) -> str:

@@ -45,3 +45,6 @@ class AuditEventAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         """Events are never deleted here (retention has its own audited path)."""
         return False
+
+
+import audit.admin_destinations  # noqa: E402, F401 - registers the SIEM destinations admin

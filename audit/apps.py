@@ -5,3 +5,9 @@ class AuditConfig(AppConfig):
     """The audit app."""
 
     name = "audit"
+
+    def ready(self) -> None:
+        """Turn sign-in, sign-out and failed sign-in signals into audit events."""
+        from audit.auth_events import connect_signals
+
+        connect_signals()

@@ -1,10 +1,173 @@
-"""What an event may contain: the organization's content policy, and secrets masked before anything is written."""
+"""What an event may contain: the organization's content policy, and secrets masked before anything is written.
+
+- `full` (default, also when the organization has no AuditSettings row): everything, secrets masked.
+- `redacted`: secrets masked, then every match of the organization's `redaction_patterns` too.
+- `digest`: secrets masked, and the content-bearing fields of an action (`CONTENT_FIELDS`) replaced by
+  `{"sha256": ..., "length": ...}` of the original text.
+
+`prepare_event_data` runs inside `audit.record()` for every event, so an organization's policy is read
+once and cached in the process for `AUDIT_POLICY_CACHE_SECONDS` (default 5); patterns are compiled once
+per load. `audit_settings_update` drops the cached entry when it changes the policy; other processes pick
+the change up within the cache time.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass
 from typing import Any
+
+from django.conf import settings
+
+from audit.chain import canonical_json
+from audit.models import AuditSettings, ContentPolicy
+from audit.secrets import mask_secrets, mask_secrets_in_text
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CACHE_SECONDS = 5.0
+MAX_PATTERNS = 50
+MAX_PATTERN_LENGTH = 500
+PATTERN_MASK = "[REDACTED:pattern]"
+
+# The fields of each action's data that carry content (what people typed, what the model or a command
+# printed). Under the `digest` policy only their sha256 and length are kept. Commands and tool arguments
+# stay in clear: they are what the agent did, which is the point of the log (their secrets are masked).
+CONTENT_FIELDS: dict[str, tuple[str, ...]] = {
+    "prompt.submitted": ("text",),
+    "session.created": ("title",),
+    "model.call": ("response_text", "request_messages"),
+    "workspace.command": ("output_head", "output_tail"),
+    "tool.result": ("output", "content"),
+}
+
+
+@dataclass(frozen=True)
+class CompiledPolicy:
+    """An organization's content policy, ready to apply: the policy name and its compiled patterns."""
+
+    content_policy: str
+    patterns: tuple[re.Pattern[str], ...] = ()
+
+
+DEFAULT_POLICY = CompiledPolicy(content_policy=ContentPolicy.FULL)
+
+_cache: dict[int, tuple[float, CompiledPolicy]] = {}
+_cache_lock = threading.Lock()
+
+
+def validate_redaction_patterns(patterns: object) -> list[str]:
+    """The patterns if they are a list of valid regular expressions; else ValueError saying which one is wrong."""
+    if not isinstance(patterns, list | tuple):
+        raise ValueError("redaction_patterns must be a list of regular expressions.")
+    if len(patterns) > MAX_PATTERNS:
+        raise ValueError(f"At most {MAX_PATTERNS} redaction patterns are allowed, got {len(patterns)}.")
+    cleaned = []
+    for index, pattern in enumerate(patterns):
+        if not isinstance(pattern, str) or not pattern.strip():
+            raise ValueError(f"Redaction pattern #{index + 1} must be a non-empty regular expression.")
+        if len(pattern) > MAX_PATTERN_LENGTH:
+            raise ValueError(f"Redaction pattern #{index + 1} is longer than {MAX_PATTERN_LENGTH} characters.")
+        try:
+            compiled = re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(
+                f"Redaction pattern #{index + 1} {pattern!r} is not a valid regular expression: {exc}."
+            ) from None
+        if compiled.match(""):
+            raise ValueError(f"Redaction pattern #{index + 1} {pattern!r} matches empty text; it would mask nothing.")
+        cleaned.append(pattern)
+    return cleaned
+
+
+def _compile(content_policy: str, patterns: object) -> CompiledPolicy:
+    compiled = []
+    if content_policy == ContentPolicy.REDACTED and isinstance(patterns, list):
+        for pattern in patterns:
+            try:
+                compiled.append(re.compile(str(pattern)))
+            except re.error:
+                # Saved around the service (which refuses it); skip it rather than fail every audited action.
+                logger.error("Skipping an invalid audit redaction pattern %r", pattern)
+    if content_policy not in ContentPolicy.values:
+        logger.error("Unknown audit content policy %r; keeping full content", content_policy)
+        content_policy = ContentPolicy.FULL
+    return CompiledPolicy(content_policy=content_policy, patterns=tuple(compiled))
+
+
+def _cache_seconds() -> float:
+    return float(getattr(settings, "AUDIT_POLICY_CACHE_SECONDS", DEFAULT_CACHE_SECONDS))
+
+
+def policy_for(organization_id: int) -> CompiledPolicy:
+    """The organization's compiled policy, from the process cache when fresh, else from the database."""
+    now = time.monotonic()
+    cached = _cache.get(organization_id)
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    row = (
+        AuditSettings.objects.filter(organization_id=organization_id)
+        .values_list("content_policy", "redaction_patterns")
+        .first()
+    )
+    policy = DEFAULT_POLICY if row is None else _compile(row[0], row[1])
+    ttl = _cache_seconds()
+    if ttl > 0:
+        with _cache_lock:
+            _cache[organization_id] = (now + ttl, policy)
+    return policy
+
+
+def invalidate_policy(organization_id: int | None = None) -> None:
+    """Forget the cached policy of one organization (or of all) in this process."""
+    with _cache_lock:
+        if organization_id is None:
+            _cache.clear()
+        else:
+            _cache.pop(organization_id, None)
+
+
+def digest(value: Any) -> dict[str, Any]:
+    """`{"sha256": ..., "length": ...}` of a text (UTF-8), or of a non-text value's canonical JSON."""
+    text = value if isinstance(value, str) else canonical_json(value)
+    return {"sha256": hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest(), "length": len(text)}
+
+
+def _apply_patterns(value: Any, patterns: tuple[re.Pattern[str], ...]) -> Any:
+    if isinstance(value, str):
+        for pattern in patterns:
+            value = pattern.sub(PATTERN_MASK, value)
+        return value
+    if isinstance(value, dict):
+        return {key: _apply_patterns(item, patterns) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_apply_patterns(item, patterns) for item in value]
+    return value
 
 
 def prepare_event_data(*, organization_id: int, action: str, data: dict[str, Any]) -> dict[str, Any]:
     """The data to store for an event under the organization's content policy (secrets always masked)."""
-    return data
+    policy = policy_for(organization_id)
+    if policy.content_policy == ContentPolicy.DIGEST:
+        fields = CONTENT_FIELDS.get(action, ())
+        if fields and any(data.get(name) is not None for name in fields):
+            data = {key: digest(value) if key in fields and value is not None else value for key, value in data.items()}
+    prepared = mask_secrets(data)
+    if policy.patterns:
+        prepared = _apply_patterns(prepared, policy.patterns)
+    return prepared
+
+
+def prepare_event_text(*, organization_id: int, text: str) -> str:
+    """A free-text column of an event (error, target display) with secrets and the org's patterns masked."""
+    if not text:
+        return text
+    text = mask_secrets_in_text(text)
+    policy = policy_for(organization_id)
+    if policy.patterns:
+        text = _apply_patterns(text, policy.patterns)
+    return text

@@ -8,12 +8,21 @@ so a PermissionDenied here means a member without the role: answer 403.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db.models import QuerySet
+from django.core.exceptions import ValidationError
+from django.db import connection
+from django.db.models import Q, QuerySet, TextField
+from django.db.models.functions import Cast
+from django.utils.dateparse import parse_date, parse_datetime
 
-from audit.models import AuditEvent
+from audit.models import ActorType, AuditChainHead, AuditEvent, Outcome
 from organizations.models import Organization
 from organizations.permissions import require_permission
 
@@ -31,3 +40,201 @@ def session_timeline(
 ) -> QuerySet[AuditEvent]:
     """Every event of one agent session in the order it happened; same permission as `events_for_user`."""
     return events_for_user(user=user, organization=organization).filter(session_id=str(session_id))
+
+
+# --- browsing: filters, one event, a page of events ---------------------------------------------------------
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+DEFAULT_TIMELINE_SIZE = 500
+MAX_TIMELINE_SIZE = 5000
+FILTER_NAMES = ("since", "until", "actor", "action", "outcome", "session", "q")
+_AGENT_PREFIX = "agent acting for "
+
+
+@dataclass(frozen=True)
+class EventFilters:
+    """What a reader of the log asked for; every field optional."""
+
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    actor: str = ""
+    action: str = ""
+    outcome: str = ""
+    session: str = ""
+    q: str = ""
+
+    def used(self) -> dict[str, str]:
+        """The filters that were set, as text (what an `audit.viewed` event records)."""
+        values = {name: getattr(self, name) for name in FILTER_NAMES}
+        return {
+            name: value.isoformat() if isinstance(value, dt.datetime) else value
+            for name, value in values.items()
+            if value
+        }
+
+
+@dataclass(frozen=True)
+class EventPage:
+    """A page of events, newest first, and the cursor of the next (older) page if there is one."""
+
+    events: list[AuditEvent]
+    next_cursor: int | None
+    cursor: int | None
+    limit: int
+
+
+def _parse_time(name: str, raw: str) -> dt.datetime:
+    try:
+        moment = parse_datetime(raw)
+        if moment is None and len(raw) == 10:
+            day = parse_date(raw)
+            moment = dt.datetime.combine(day, dt.time.min) if day else None
+    except ValueError:
+        moment = None
+    if moment is None:
+        raise ValidationError(
+            {name: f"{name} must be an ISO 8601 date or time (like 2025-01-31T12:00:00Z), got {raw!r}."}
+        )
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment
+
+
+def parse_page_number(
+    name: str, raw: str | None, *, default: int | None, minimum: int, maximum: int | None = None
+) -> int | None:
+    """A whole-number query parameter within bounds; ValidationError naming the parameter otherwise."""
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationError({name: f"{name} must be a whole number, got {raw!r}."}) from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+        raise ValidationError({name: f"{name} must be {bound}, got {value}."})
+    return value
+
+
+def parse_event_filters(params: Mapping[str, Any]) -> EventFilters:
+    """Filters from query parameters; a bad value raises ValidationError naming the parameter."""
+    raw = {name: str(params.get(name) or "").strip() for name in FILTER_NAMES}
+    for name, value in raw.items():
+        if len(value) > 200:
+            raise ValidationError({name: f"{name} is longer than 200 characters."})
+        if "\x00" in value:
+            raise ValidationError({name: f"{name} contains a NUL character."})
+    since = _parse_time("since", raw["since"]) if raw["since"] else None
+    until = _parse_time("until", raw["until"]) if raw["until"] else None
+    if since and until and since > until:
+        raise ValidationError({"until": "until must not be before since."})
+    if raw["outcome"] and raw["outcome"] not in Outcome.values:
+        raise ValidationError(
+            {"outcome": f"outcome must be one of {', '.join(Outcome.values)}, got {raw['outcome']!r}."}
+        )
+    if raw["session"] and len(raw["session"]) > 64:
+        raise ValidationError({"session": "session must be at most 64 characters."})
+    return EventFilters(
+        since=since,
+        until=until,
+        actor=raw["actor"],
+        action=raw["action"],
+        outcome=raw["outcome"],
+        session=raw["session"],
+        q=raw["q"],
+    )
+
+
+def _json_text(text: str) -> str:
+    """How a string appears inside the stored JSON text of `data` on this database."""
+    return json.dumps(text, ensure_ascii=connection.vendor != "postgresql")[1:-1]
+
+
+def filter_events(queryset: QuerySet[AuditEvent], filters: EventFilters) -> QuerySet[AuditEvent]:
+    """Narrow a queryset of events by the filters (no query is run)."""
+    if filters.since:
+        queryset = queryset.filter(occurred_at__gte=filters.since)
+    if filters.until:
+        queryset = queryset.filter(occurred_at__lte=filters.until)
+    if filters.actor:
+        actor = filters.actor
+        queryset = queryset.filter(
+            Q(actor_id=actor)
+            | Q(actor_display=actor)
+            | Q(actor_type=ActorType.AGENT, actor_display__startswith=f"{_AGENT_PREFIX}{actor} in session ")
+        )
+    if filters.action:
+        action = filters.action
+        if action.endswith("*"):
+            queryset = queryset.filter(action__startswith=action[:-1])
+        elif action.endswith("."):
+            queryset = queryset.filter(action__startswith=action)
+        else:
+            queryset = queryset.filter(action=action)
+    if filters.outcome:
+        queryset = queryset.filter(outcome=filters.outcome)
+    if filters.session:
+        queryset = queryset.filter(session_id=filters.session)
+    if filters.q:
+        text = filters.q
+        queryset = queryset.annotate(data_text=Cast("data", TextField())).filter(
+            Q(action__icontains=text)
+            | Q(target_display__icontains=text)
+            | Q(actor_display__icontains=text)
+            | Q(error__icontains=text)
+            | Q(data_text__icontains=_json_text(text))
+        )
+    return queryset
+
+
+def events_page(
+    *,
+    user: AbstractBaseUser | AnonymousUser,
+    organization: Organization,
+    filters: EventFilters,
+    cursor: int | None = None,
+    limit: int = DEFAULT_PAGE_SIZE,
+) -> EventPage:
+    """One page of the filtered events, newest first (one query); `cursor` is the sequence to start below."""
+    queryset = filter_events(events_for_user(user=user, organization=organization), filters)
+    if cursor is not None:
+        queryset = queryset.filter(sequence__lt=cursor)
+    rows = list(queryset.order_by("-sequence")[: limit + 1])
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return EventPage(events=rows, next_cursor=rows[-1].sequence if more else None, cursor=cursor, limit=limit)
+
+
+def event_for_user(
+    *, user: AbstractBaseUser | AnonymousUser, organization: Organization, event_id: uuid.UUID | str
+) -> AuditEvent:
+    """One event of the organization; AuditEvent.DoesNotExist for a missing or another organization's event."""
+    return events_for_user(user=user, organization=organization).get(pk=event_id)
+
+
+def event_neighbours(*, event: AuditEvent) -> dict[str, Any]:
+    """The events just before and after one event in its chain, and the chain's head sequence (one query each)."""
+    around = {
+        row.sequence: row
+        for row in AuditEvent.objects.filter(
+            organization_id=event.organization_id, sequence__in=[event.sequence - 1, event.sequence + 1]
+        ).only("id", "sequence", "action")
+    }
+    head = (
+        AuditChainHead.objects.filter(organization_id=event.organization_id).values_list("sequence", flat=True).first()
+    )
+    return {"previous": around.get(event.sequence - 1), "next": around.get(event.sequence + 1), "head_sequence": head}
+
+
+def session_timeline_page(
+    *,
+    user: AbstractBaseUser | AnonymousUser,
+    organization: Organization,
+    session_id: str,
+    after: int = 0,
+    limit: int = DEFAULT_TIMELINE_SIZE,
+) -> list[AuditEvent]:
+    """Up to `limit` events of a session with a sequence above `after`, oldest first (one query)."""
+    queryset = session_timeline(user=user, organization=organization, session_id=session_id)
+    return list(queryset.filter(sequence__gt=after).order_by("sequence")[:limit])

@@ -15,7 +15,7 @@ from audit import context as audit_context
 from audit.chain import chain_hash, clean_text, event_document, normalize
 from audit.forwarding import schedule_forwarding
 from audit.models import ActorType, AuditChainHead, AuditEvent, Outcome
-from audit.policy import prepare_event_data
+from audit.policy import prepare_event_data, prepare_event_text
 from organizations.models import Organization
 
 
@@ -56,13 +56,14 @@ def _actor_fields(actor: Actor) -> dict[str, str]:
     return {"actor_type": ActorType.USER, "actor_id": str(actor.pk), "actor_display": _text(actor.get_username(), 200)}
 
 
-def _target_fields(target: models.Model | None) -> dict[str, str]:
+def _target_fields(target: models.Model | None, *, organization_id: int) -> dict[str, str]:
     if target is None:
         return {"target_type": "", "target_id": "", "target_display": ""}
     return {
         "target_type": target._meta.label_lower,
         "target_id": str(target.pk),
-        "target_display": _text(target, 300),
+        # A session's title is the start of its prompt: mask it like any other free text.
+        "target_display": _text(prepare_event_text(organization_id=organization_id, text=str(target)), 300),
     }
 
 
@@ -103,7 +104,7 @@ def record(
             occurred_at=dt.datetime.now(dt.UTC),
             action=action,
             outcome=outcome,
-            error=_text(error, 4000),
+            error=_text(prepare_event_text(organization_id=organization.pk, text=str(error or "")), 4000),
             auth_method=request.auth_method if not isinstance(actor, AgentActor | SystemActor) else "",
             source_ip=_text(request.source_ip, 64),
             user_agent=_text(request.user_agent, 500),
@@ -114,7 +115,7 @@ def record(
             data=normalize(prepare_event_data(organization_id=organization.pk, action=action, data=data or {})),
             prev_hash=head.hash,
             **_actor_fields(actor),
-            **_target_fields(target),
+            **_target_fields(target, organization_id=organization.pk),
         )
         event.hash = chain_hash(head.hash, event_document(event))
         event.save(force_insert=True)

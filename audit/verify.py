@@ -9,6 +9,7 @@ parent then checks the links between the ranges, so the result is the same as on
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import multiprocessing
 import os
@@ -18,11 +19,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.db.models import QuerySet
 
 from audit.chain import GENESIS_HASH, HASHED_FIELDS, chain_hash, event_document
-from audit.models import AuditChainHead, AuditEvent
+from audit.models import AuditChainHead, AuditCheckpoint, AuditEvent
 from organizations.models import Organization
 
 # Rows fetched per round trip; large enough that a million events take a few hundred fetches.
@@ -47,6 +49,10 @@ class VerificationResult:
     reason: str
     head_sequence: int
     head_hash: str
+    # The latest signed checkpoint that was checked (None: the organization has none yet).
+    checkpoint_sequence: int | None = None
+    checkpoint_signed_at: dt.datetime | None = None
+    checkpoint_key_id: str = ""
 
 
 def verify_chain(
@@ -57,7 +63,9 @@ def verify_chain(
     Detects an altered event (its stored hash no longer matches its content), a broken link (prev_hash is
     not the hash of the event before: reordered, replaced or inserted events), a gap or a repeat in the
     sequence numbers (removed or duplicated events), and a truncated or overrun tail (the chain head row
-    disagrees with the last event). With `since_sequence`, the hash stored on the event before it is
+    disagrees with the last event). The latest signed checkpoint must carry a valid signature of the configured
+    key and its sequence must still hold the hash it signed: a tail removed together with a rewound head row is
+    reported naming the checkpoint. With `since_sequence`, the hash stored on the event before it is
     trusted as the starting point, so only the events from that number on are checked.
     `workers` forces the number of processes (1: a single pass); by default long PostgreSQL chains use one
     per CPU. Raises ValueError when `since_sequence` is below 1 or past the head.
@@ -157,6 +165,9 @@ def _verify(
     if head is None:
         first = events.order_by("sequence").values_list("sequence", flat=True).first()
         if first is None:
+            checkpoint = _latest_checkpoint(organization)
+            if checkpoint is not None and checkpoint.sequence > 0:
+                return VerificationResult(False, 0, 1, _gone(checkpoint), 0, GENESIS_HASH)
             return VerificationResult(True, 0, None, "", 0, GENESIS_HASH)
         reason = f"the chain head row is missing but the log holds events from #{first} on"
         return VerificationResult(False, 0, first, reason, 0, "")
@@ -213,7 +224,86 @@ def _verify(
             f"the log continues past the chain head (#{head.sequence}) with event #{first_beyond}: "
             "events were written without moving the head",
         )
-    return VerificationResult(True, checked, None, "", head.sequence, head.hash)
+    checkpoint = _latest_checkpoint(organization)
+    if checkpoint is None:
+        return VerificationResult(True, checked, None, "", head.sequence, head.hash)
+    problem = _checkpoint_problem(checkpoint, head, events)
+    if problem is not None:
+        return failed(checked, *problem)
+    return VerificationResult(
+        True,
+        checked,
+        None,
+        "",
+        head.sequence,
+        head.hash,
+        checkpoint.sequence,
+        checkpoint.signed_at,
+        checkpoint.key_id,
+    )
+
+
+# Signed checkpoints ------------------------------------------------------------------------------------------
+
+
+def _latest_checkpoint(organization: Organization) -> AuditCheckpoint | None:
+    from audit.checkpoints import latest_checkpoint
+
+    return latest_checkpoint(organization)
+
+
+def _named(checkpoint: AuditCheckpoint) -> str:
+    signed_at = checkpoint.signed_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"checkpoint #{checkpoint.sequence} signed at {signed_at}"
+
+
+def _gone(checkpoint: AuditCheckpoint) -> str:
+    return f"{_named(checkpoint)} is no longer in the log: events were removed from the end"
+
+
+def _checkpoint_problem(checkpoint: AuditCheckpoint, head: AuditChainHead, events: QuerySet) -> tuple[int, str] | None:
+    """Why the latest checkpoint does not vouch for this chain (bad signature, or its event gone or replaced), if so.
+
+    The checkpoint's event is read on its own (one indexed row): the scan already proved every event from the
+    anchor to the head, so a matching hash there ties the signed head to the verified chain.
+    """
+    from audit import signing
+    from audit.checkpoints import checkpoint_signature_valid
+
+    try:
+        configured_key = signing.key_id()
+    except ImproperlyConfigured:
+        return checkpoint.sequence, f"{_named(checkpoint)} cannot be checked: AIRLOCK_AUDIT_SIGNING_KEY is not set"
+    if checkpoint.key_id != configured_key:
+        return checkpoint.sequence, (
+            f"{_named(checkpoint)}: checkpoint signature invalid (signed by key {checkpoint.key_id[:16]}, "
+            f"not the configured key {configured_key[:16]}; after changing keys, write a new checkpoint)"
+        )
+    if not checkpoint_signature_valid(checkpoint):
+        return checkpoint.sequence, f"{_named(checkpoint)}: checkpoint signature invalid (forged or altered)"
+    if checkpoint.sequence == head.anchor_sequence:
+        stored: str | None = head.anchor_hash
+    elif checkpoint.sequence < head.anchor_sequence:
+        return checkpoint.sequence, (
+            f"{_named(checkpoint)} lies before the chain's anchor #{head.anchor_sequence}: "
+            "the events it vouches for were removed outside the retention purge"
+        )
+    else:
+        stored = events.filter(sequence=checkpoint.sequence).values_list("hash", flat=True).first()
+    if checkpoint.sequence > head.sequence:
+        # Without a snapshot (SQLite) a checkpoint may have been signed after the head was read: then its event
+        # is in the log now, with the signed hash. Otherwise the head row was rewound over a removed tail.
+        if stored == checkpoint.hash:
+            return None
+        return head.sequence + 1, _gone(checkpoint)
+    if stored is None:
+        return checkpoint.sequence, _gone(checkpoint)
+    if stored != checkpoint.hash:
+        return checkpoint.sequence, (
+            f"{_named(checkpoint)} does not match event #{checkpoint.sequence}: "
+            "the log was cut back and rewritten after it was signed"
+        )
+    return None
 
 
 def _appended_since(organization: Organization, sequence: int) -> bool:

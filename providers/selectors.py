@@ -6,27 +6,69 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
+from django.db.models import BooleanField, CharField, Exists, ExpressionWrapper, OuterRef, Q, QuerySet
+from django.db.models.functions import Cast
 from django.http import Http404
 
 from organizations.models import Organization
 from organizations.permissions import has_permission, roles_for
+from organizations.tenancy import organizations_for_user
 from providers.models import LanguageModel, Provider
 
 User = AbstractBaseUser | AnonymousUser
 
 
+def _granted(user: User) -> Q:
+    """Models the user holds `use_languagemodel` on, directly or through a group (two EXISTS subqueries)."""
+    from guardian.models import GroupObjectPermission, UserObjectPermission
+
+    if not user.is_authenticated:
+        return Q(pk__in=[])
+    grant = {
+        "permission__codename": "use_languagemodel",
+        "permission__content_type__app_label": "providers",
+        "permission__content_type__model": "languagemodel",
+    }
+    # guardian stores the object's pk as text: compare as text (casting object_pk to a number could fail on
+    # PostgreSQL for other models' uuid pks, whatever the filter order).
+    model_pk = Cast(OuterRef("pk"), CharField())
+    direct = UserObjectPermission.objects.filter(user_id=user.pk, object_pk=model_pk, **grant)
+    via_group = GroupObjectPermission.objects.filter(group__user=user.pk, object_pk=model_pk, **grant)
+    return Q(Exists(direct)) | Q(Exists(via_group))
+
+
+def usable_filter(user: User) -> Q:
+    """What a model must be for a user with `model.use` in its organization: enabled, and open or granted."""
+    if getattr(user, "is_superuser", False):
+        return Q(is_enabled=True)
+    return Q(is_enabled=True) & (Q(restricted_access=False) | _granted(user))
+
+
 def models_for_user(*, user: User, organization: Organization) -> QuerySet[LanguageModel]:
-    """Models the user may run agents with in the organization (agents users and owners), in one query."""
+    """Enabled models the user may run agents with (agents users and owners; restricted ones if granted), one query."""
     return (
-        LanguageModel.objects.for_user(user, "model.use").filter(organization=organization).select_related("provider")
+        LanguageModel.objects.for_user(user, "model.use")
+        .filter(organization=organization)
+        .filter(usable_filter(user))
+        .select_related("provider")
     )
 
 
 def models_visible_to(*, user: User, organization: Organization) -> QuerySet[LanguageModel]:
-    """Models the user may see listed in the organization (every member), in one query."""
+    """Models the user may see listed, in one query, each annotated with `usable` (may the user run it).
+
+    Owners and auditors see every model (disabled too); other members see the enabled models that are open to
+    everyone or granted to them.
+    """
+    sees_all = Q(organization__in=organizations_for_user(user, "provider.view").values("pk"))
+    may_use = Q(organization__in=organizations_for_user(user, "model.use").values("pk"))
+    openly_usable = usable_filter(user)
     return (
-        LanguageModel.objects.for_user(user, "model.view").filter(organization=organization).select_related("provider")
+        LanguageModel.objects.for_user(user, "model.view")
+        .filter(organization=organization)
+        .filter(sees_all | openly_usable)
+        .annotate(usable=ExpressionWrapper(may_use & openly_usable, output_field=BooleanField()))
+        .select_related("provider", "fallback")
     )
 
 
@@ -57,6 +99,34 @@ def model_for_user(*, user: User, organization: Organization, model_id: Any) -> 
 def providers_for_user(*, user: User, organization: Organization) -> QuerySet[Provider]:
     """Providers of the organization the user may see (owners and auditors), in one query."""
     return Provider.objects.for_user(user, "provider.view").filter(organization=organization)
+
+
+def provider_for_user(*, user: User, organization: Organization, provider_id: Any) -> Provider:
+    """One provider the user may see; Http404 when it is missing or another organization's."""
+    try:
+        pk = int(provider_id)
+    except (TypeError, ValueError):
+        raise Http404("No such provider.") from None
+    provider = providers_for_user(user=user, organization=organization).filter(pk=pk).first()
+    if provider is None:
+        raise Http404("No such provider.")
+    return provider
+
+
+def model_access_grants(*, model: LanguageModel) -> dict[str, list[str]]:
+    """Who holds `use_languagemodel` on a model: {"users": [usernames], "groups": [names]} (two queries)."""
+    from guardian.models import GroupObjectPermission, UserObjectPermission
+
+    grant = {
+        "permission__codename": "use_languagemodel",
+        "permission__content_type__app_label": "providers",
+        "object_pk": str(model.pk),
+    }
+    users = (
+        UserObjectPermission.objects.filter(**grant).order_by("user__username").values_list("user__username", flat=True)
+    )
+    groups = GroupObjectPermission.objects.filter(**grant).order_by("group__name").values_list("group__name", flat=True)
+    return {"users": list(users), "groups": list(groups)}
 
 
 def role_names(action: str) -> str:

@@ -1,21 +1,33 @@
-"""An offline model that speaks the OpenAI Chat Completions wire protocol on loopback.
+"""An offline model that speaks the OpenAI Chat Completions, Azure OpenAI and Anthropic Messages wire protocols.
 
 Tests script it turn by turn; with no script it answers on its own, so that a person can try Airlock
 without any model (`make run` offers it as the "Offline simulator" provider). Standard library only:
 it runs without Django and without network access.
 
+Endpoints (one script drives them all, so a test writes its turns once):
+    POST /v1/chat/completions                                        OpenAI (Authorization: Bearer KEY)
+    POST /openai/deployments/<deployment>/chat/completions?api-version=V   Azure OpenAI (api-key: KEY)
+    POST /v1/messages                                                Anthropic (x-api-key: KEY, or Bearer)
+    GET  /v1/models, /openai/models                                  model lists (Anthropic's shape when the
+                                                                     request carries anthropic-version)
+Base URLs: `simulator.base_url` (OpenAI, ends in /v1); `simulator.root_url` (Anthropic, Azure endpoint).
+
     python -m providers.simulator --host 127.0.0.1 --port 8765 [--script FILE.json]
 
 A turn is a dict; every key is optional:
     text            the assistant's text, streamed in pieces of `chunk_chars` characters
+    thinking        reasoning streamed before the text (Anthropic: a thinking block; OpenAI: reasoning_content)
     tool_calls      [{"name": "execute", "arguments": {"command": "ls"}, "id": "call_1"}]; arguments may be a
                     dict (sent as JSON) or a string (sent as is, e.g. to simulate broken JSON)
     error           {"status": 429, "message": "...", "retry_after": 1, "type": "...", "code": "..."}
     delay           seconds to wait before the first byte
     chunk_chars     characters of text per delta (default 4)
     chunk_delay     seconds to wait between chunks (default 0)
-    usage           {"prompt_tokens": 10, "completion_tokens": 5} (default: estimated from the characters)
-    finish_reason   overrides "stop" / "tool_calls" (e.g. "length", "content_filter")
+    usage           {"prompt_tokens": 10, "completion_tokens": 5, "cache_read_tokens": 0, "cache_write_tokens": 0}
+                    (default: estimated from the characters); prompt_tokens counts the input not read from or
+                    written to the cache (OpenAI's wire prompt_tokens adds the cache reads back, as OpenAI does)
+    finish_reason   overrides "stop" / "tool_calls" (e.g. "length", "content_filter"); Anthropic gets the
+                    matching stop_reason ("end_turn", "tool_use", "max_tokens", "refusal"), or the value as is
     drop_after_chunks  close the connection after this many SSE events, mid-stream
 """
 
@@ -59,6 +71,38 @@ _ERROR_DEFAULTS: dict[int, tuple[str, str | None, str]] = {
 }
 
 
+_ANTHROPIC_ERROR_TYPES: dict[int, str] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    529: "overloaded_error",
+}
+
+_ANTHROPIC_STOP_REASONS: dict[str, str] = {
+    "stop": "end_turn",
+    "tool_calls": "tool_use",
+    "length": "max_tokens",
+    "content_filter": "refusal",
+}
+
+OPENAI, AZURE, ANTHROPIC = "openai", "azure", "anthropic"
+_AZURE_CHAT_PATH = re.compile(r"^/openai/deployments/([^/]+)/chat/completions$")
+
+
+def _anthropic_error_body(status: int, message: str | None = None, *, type_: str | None = None) -> dict:
+    """Anthropic's JSON error body for a status."""
+    default_type = _ANTHROPIC_ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    return {"type": "error", "error": {"type": type_ or default_type, "message": message or phrase}}
+
+
 def _error_body(status: int, message: str | None = None, *, type_: str | None = None, code: str | None = None) -> dict:
     """OpenAI's JSON error body for a status."""
     default_type, default_code, default_message = _ERROR_DEFAULTS.get(
@@ -80,11 +124,21 @@ def _mask(secret: str) -> str:
 
 
 def _content_text(content: Any) -> str:
-    """The text of a message's content, whether a string or a list of parts."""
+    """The text of a message's content, whether a string or a list of parts (text, tool_result, tool_use)."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        texts = []
+        for part in content:
+            if not isinstance(part, dict):
+                continue
+            if part.get("type") == "tool_result":
+                texts.append(_content_text(part.get("content")))
+            elif part.get("type") == "tool_use":
+                texts.append(json.dumps(part.get("input") or {}))
+            else:
+                texts.append(part.get("text", ""))
+        return "".join(texts)
     return ""
 
 
@@ -134,6 +188,48 @@ def default_turn(body: dict[str, Any], *, chunk_delay: float = 0.0) -> dict[str,
             **pace,
         }
     return {"text": _help_text(prompt, offers_execute="execute" in tool_names, command=command), **pace}
+
+
+def openai_view(body: dict[str, Any]) -> dict[str, Any]:
+    """An Anthropic Messages request in the Chat Completions shape, so that the default responder reads both."""
+    messages: list[dict[str, Any]] = []
+    for message in body.get("messages") or []:
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
+        parts = content if isinstance(content, list) else [{"type": "text", "text": content or ""}]
+        parts = [part for part in parts if isinstance(part, dict)]
+        results = [part for part in parts if part.get("type") == "tool_result"]
+        calls = [part for part in parts if part.get("type") == "tool_use"]
+        for result in results:
+            messages.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": result.get("tool_use_id"),
+                    "content": _content_text(result.get("content")),
+                }
+            )
+        text = "".join(part.get("text", "") for part in parts if part.get("type") == "text")
+        if message.get("role") == "assistant":
+            item: dict[str, Any] = {"role": "assistant", "content": text}
+            if calls:
+                item["tool_calls"] = [
+                    {
+                        "id": call.get("id"),
+                        "type": "function",
+                        "function": {"name": call.get("name"), "arguments": json.dumps(call.get("input") or {})},
+                    }
+                    for call in calls
+                ]
+            messages.append(item)
+        elif text or not results:
+            messages.append({"role": "user", "content": text})
+    tools = [
+        {"type": "function", "function": {"name": tool.get("name")}}
+        for tool in body.get("tools") or []
+        if isinstance(tool, dict)
+    ]
+    return {"model": body.get("model"), "messages": messages, "tools": tools}
 
 
 def _summarize_tool_result(messages: list[dict[str, Any]]) -> str:
@@ -240,8 +336,14 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server naming
         """Serve the model list and the recorded requests."""
         path = self.path.split("?", 1)[0].rstrip("/")
-        if path == "/v1/models":
-            if self._authorized():
+        if path == "/v1/models" and self.headers.get("anthropic-version"):
+            if self._authorized(ANTHROPIC):
+                self._send_json(200, self.server.simulator.models_payload(ANTHROPIC))
+        elif path == "/v1/models":
+            if self._authorized(OPENAI):
+                self._send_json(200, self.server.simulator.models_payload())
+        elif path == "/openai/models":
+            if self._authorized(AZURE):
                 self._send_json(200, self.server.simulator.models_payload())
         elif path == "/_simulator/requests":
             self._send_json(200, {"requests": self.server.simulator.request_log})
@@ -256,10 +358,20 @@ class _Handler(BaseHTTPRequestHandler):
             return
         simulator = self.server.simulator
         if path == "/v1/chat/completions":
-            if not self._authorized():
+            if not self._authorized(OPENAI):
                 return
             simulator._record(body, self)
             self._chat_completion(body, simulator._next_turn(body))
+        elif _AZURE_CHAT_PATH.match(path):
+            if not self._authorized(AZURE) or not self._azure_api_version():
+                return
+            simulator._record(body, self)
+            self._chat_completion(body, simulator._next_turn(body))
+        elif path == "/v1/messages":
+            if not self._authorized(ANTHROPIC):
+                return
+            simulator._record(body, self)
+            self._anthropic_message(body, simulator._next_turn(openai_view(body)))
         elif path == "/_simulator/script":
             turns = body.get("turns") if isinstance(body, dict) else None
             if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
@@ -294,11 +406,27 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         return body
 
-    def _authorized(self) -> bool:
+    def _azure_api_version(self) -> bool:
+        query = self.path.partition("?")[2]
+        if re.search(r"(^|&)api-version=[^&]+", query):
+            return True
+        self._send_json(
+            404,
+            {"error": {"code": "404", "message": "Resource not found: the api-version query parameter is missing."}},
+        )
+        return False
+
+    def _authorized(self, protocol: str = OPENAI) -> bool:
         expected = self.server.simulator.api_key
         if expected is None:
             return True
+        if protocol == AZURE:
+            return self._key_matches(self.headers.get("api-key") or "", protocol)
+        if protocol == ANTHROPIC and self.headers.get("x-api-key"):
+            return self._key_matches(self.headers.get("x-api-key") or "", protocol)
         header = self.headers.get("Authorization") or ""
+        if protocol != OPENAI:
+            return self._key_matches(header[7:].strip() if header.startswith("Bearer ") else "", protocol)
         if not header.startswith("Bearer ") or not header[7:].strip():
             self._send_json(
                 401,
@@ -315,6 +443,21 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(401, _error_body(401, f"Incorrect API key provided: {_mask(presented)}."))
             return False
         return True
+
+    def _key_matches(self, presented: str, protocol: str) -> bool:
+        """Azure and Anthropic key checks, answered in the vendor's error shape."""
+        expected = self.server.simulator.api_key or ""
+        if presented and hmac.compare_digest(presented.encode(), expected.encode()):
+            return True
+        if protocol == ANTHROPIC:
+            self._send_json(401, _anthropic_error_body(401, "invalid x-api-key"))
+        else:
+            message = (
+                "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid "
+                "key for an active subscription and use a correct regional API endpoint for your resource."
+            )
+            self._send_json(401, {"error": {"code": "401", "message": message}})
+        return False
 
     def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(payload).encode()
@@ -340,15 +483,39 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send_json(200, completion.message())
 
-    def _send_error_turn(self, error: dict[str, Any]) -> None:
+    def _send_error_turn(self, error: dict[str, Any], protocol: str = OPENAI) -> None:
         status = int(error.get("status", 500))
         headers = {}
         if error.get("retry_after") is not None:
             headers["Retry-After"] = str(error["retry_after"])
-        body = _error_body(status, error.get("message"), type_=error.get("type"), code=error.get("code"))
+        if protocol == ANTHROPIC:
+            body = _anthropic_error_body(status, error.get("message"), type_=error.get("type"))
+            headers["request-id"] = f"req_sim{uuid.uuid4().hex[:20]}"
+        else:
+            body = _error_body(status, error.get("message"), type_=error.get("type"), code=error.get("code"))
         self._send_json(status, body, headers)
 
-    def _stream(self, chunks: Iterator[dict[str, Any]], turn: dict[str, Any]) -> None:
+    def _anthropic_message(self, body: dict[str, Any], turn: dict[str, Any]) -> None:
+        if turn.get("delay"):
+            time.sleep(float(turn["delay"]))
+        error = turn.get("error")
+        if error:
+            self._send_error_turn(error, ANTHROPIC)
+            return
+        message = _AnthropicMessage(body, turn)
+        if body.get("stream"):
+            self._stream(message.events(), turn, done_marker=False)
+        else:
+            self._send_json(200, message.message())
+
+    def _stream(
+        self,
+        chunks: Iterator[dict[str, Any] | tuple[str, dict[str, Any]]],
+        turn: dict[str, Any],
+        *,
+        done_marker: bool = True,
+    ) -> None:
+        """Send server-sent events: dicts as `data:` lines, (name, dict) pairs with an `event:` line too."""
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
         self.send_header("Cache-Control", "no-cache")
@@ -361,13 +528,17 @@ class _Handler(BaseHTTPRequestHandler):
             for chunk in chunks:
                 if drop_after is not None and sent >= int(drop_after):
                     raise _ConnectionDropped
-                self._write_event(json.dumps(chunk))
+                if isinstance(chunk, tuple):
+                    self._write_event(json.dumps(chunk[1]), event=chunk[0])
+                else:
+                    self._write_event(json.dumps(chunk))
                 sent += 1
                 if chunk_delay:
                     time.sleep(chunk_delay)
             if drop_after is not None and sent >= int(drop_after):
                 raise _ConnectionDropped
-            self._write_event("[DONE]")
+            if done_marker:
+                self._write_event("[DONE]")
             self.wfile.write(b"0\r\n\r\n")
         except _ConnectionDropped:
             self.close_connection = True
@@ -376,8 +547,8 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
 
-    def _write_event(self, data: str) -> None:
-        payload = f"data: {data}\n\n".encode()
+    def _write_event(self, data: str, event: str | None = None) -> None:
+        payload = (f"event: {event}\n" if event else "").encode() + f"data: {data}\n\n".encode()
         self.wfile.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
 
 
@@ -389,25 +560,22 @@ class _Completion:
         self.created = int(time.time())
         self.model = str(body.get("model") or DEFAULT_MODEL_ID)
         self.text = str(turn.get("text") or "")
+        self.thinking = str(turn.get("thinking") or "")
         self.chunk_chars = max(1, int(turn.get("chunk_chars") or DEFAULT_CHUNK_CHARS))
         self.tool_calls = [self._tool_call(call) for call in turn.get("tool_calls") or []]
         self.finish_reason = turn.get("finish_reason") or ("tool_calls" if self.tool_calls else "stop")
-        prompt_text = "".join(
-            _content_text(m.get("content")) for m in body.get("messages") or [] if isinstance(m, dict)
+        tokens = _turn_tokens(
+            body, turn, self.thinking + self.text + "".join(c["function"]["arguments"] for c in self.tool_calls)
         )
-        usage = turn.get("usage") or {}
-        prompt_tokens = int(usage.get("prompt_tokens", _estimate_tokens(prompt_text)))
-        completion_tokens = int(
-            usage.get(
-                "completion_tokens",
-                _estimate_tokens(self.text + "".join(c["function"]["arguments"] for c in self.tool_calls)),
-            )
-        )
+        # OpenAI's prompt_tokens includes the cached part, which prompt_tokens_details.cached_tokens names.
+        prompt_tokens = tokens["input"] + tokens["cache_read"] + tokens["cache_write"]
         self.usage = {
             "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
+            "completion_tokens": tokens["output"],
+            "total_tokens": prompt_tokens + tokens["output"],
         }
+        if tokens["cache_read"] or tokens["cache_write"]:
+            self.usage["prompt_tokens_details"] = {"cached_tokens": tokens["cache_read"]}
 
     @staticmethod
     def _tool_call(call: dict[str, Any]) -> dict[str, Any]:
@@ -454,6 +622,9 @@ class _Completion:
         if not self.tool_calls:
             first["refusal"] = None
         yield self._chunk(first, include_usage=include_usage)
+        for start in range(0, len(self.thinking), self.chunk_chars):
+            piece = self.thinking[start : start + self.chunk_chars]
+            yield self._chunk({"reasoning_content": piece}, include_usage=include_usage)
         for start in range(0, len(self.text), self.chunk_chars):
             piece = self.text[start : start + self.chunk_chars]
             yield self._chunk({"content": piece}, include_usage=include_usage)
@@ -483,8 +654,147 @@ class _Completion:
             }
 
 
+def _turn_tokens(body: dict[str, Any], turn: dict[str, Any], output_text: str) -> dict[str, int]:
+    """Input (uncached), output and cache tokens of a turn: scripted, else estimated from the characters."""
+    prompt_text = _content_text(body.get("system")) + "".join(
+        _content_text(m.get("content")) for m in body.get("messages") or [] if isinstance(m, dict)
+    )
+    usage = turn.get("usage") or {}
+    return {
+        "input": int(usage.get("prompt_tokens", _estimate_tokens(prompt_text))),
+        "output": int(usage.get("completion_tokens", _estimate_tokens(output_text))),
+        "cache_read": int(usage.get("cache_read_tokens", 0)),
+        "cache_write": int(usage.get("cache_write_tokens", 0)),
+    }
+
+
+def _pieces(text: str, size: int) -> list[str]:
+    return [text[start : start + size] for start in range(0, len(text), size)]
+
+
+class _AnthropicMessage:
+    """One scripted answer, rendered as an Anthropic message or as its stream of server-sent events."""
+
+    def __init__(self, body: dict[str, Any], turn: dict[str, Any]) -> None:
+        self.id = f"msg_sim{uuid.uuid4().hex[:20]}"
+        self.model = str(body.get("model") or DEFAULT_MODEL_ID)
+        self.text = str(turn.get("text") or "")
+        self.thinking = str(turn.get("thinking") or "")
+        self.chunk_chars = max(1, int(turn.get("chunk_chars") or DEFAULT_CHUNK_CHARS))
+        self.tool_calls = []
+        for call in turn.get("tool_calls") or []:
+            arguments = call.get("arguments", {})
+            self.tool_calls.append(
+                {
+                    "id": call.get("id") or f"toolu_{uuid.uuid4().hex[:24]}",
+                    "name": call.get("name", "execute"),
+                    "json": arguments if isinstance(arguments, str) else json.dumps(arguments),
+                }
+            )
+        finish = turn.get("finish_reason") or ("tool_calls" if self.tool_calls else "stop")
+        self.stop_reason = _ANTHROPIC_STOP_REASONS.get(finish, finish)
+        self.tokens = _turn_tokens(body, turn, self.thinking + self.text + "".join(c["json"] for c in self.tool_calls))
+
+    def _usage(self, output_tokens: int) -> dict[str, Any]:
+        return {
+            "input_tokens": self.tokens["input"],
+            "cache_creation_input_tokens": self.tokens["cache_write"],
+            "cache_read_input_tokens": self.tokens["cache_read"],
+            "output_tokens": output_tokens,
+        }
+
+    def _blocks(self) -> list[dict[str, Any]]:
+        blocks: list[dict[str, Any]] = []
+        if self.thinking:
+            blocks.append({"type": "thinking", "thinking": self.thinking, "signature": "sim-signature"})
+        if self.text:
+            blocks.append({"type": "text", "text": self.text})
+        for call in self.tool_calls:
+            try:
+                parsed = json.loads(call["json"])
+            except ValueError:
+                parsed = {}
+            blocks.append({"type": "tool_use", "id": call["id"], "name": call["name"], "input": parsed})
+        return blocks
+
+    def message(self) -> dict[str, Any]:
+        """The non-streaming message object."""
+        return {
+            "id": self.id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": self._blocks(),
+            "stop_reason": self.stop_reason,
+            "stop_sequence": None,
+            "usage": self._usage(self.tokens["output"]),
+        }
+
+    def events(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The server-sent events of the Messages API, in Anthropic's order."""
+        start = {**self.message(), "content": [], "stop_reason": None, "usage": self._usage(1)}
+        yield "message_start", {"type": "message_start", "message": start}
+        yield "ping", {"type": "ping"}
+        index = 0
+        if self.thinking:
+            yield (
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": index,
+                    "content_block": {"type": "thinking", "thinking": "", "signature": ""},
+                },
+            )
+            for piece in _pieces(self.thinking, self.chunk_chars):
+                delta = {"type": "thinking_delta", "thinking": piece}
+                yield "content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}
+            delta = {"type": "signature_delta", "signature": "sim-signature"}
+            yield "content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}
+            yield "content_block_stop", {"type": "content_block_stop", "index": index}
+            index += 1
+        if self.text:
+            yield (
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": index,
+                    "content_block": {"type": "text", "text": ""},
+                },
+            )
+            for piece in _pieces(self.text, self.chunk_chars):
+                delta = {"type": "text_delta", "text": piece}
+                yield "content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}
+            yield "content_block_stop", {"type": "content_block_stop", "index": index}
+            index += 1
+        for call in self.tool_calls:
+            yield (
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": index,
+                    "content_block": {"type": "tool_use", "id": call["id"], "name": call["name"], "input": {}},
+                },
+            )
+            arguments = call["json"]
+            step = max(1, -(-len(arguments) // 3))  # three fragments (fewer for very short arguments)
+            for piece in _pieces(arguments, step):
+                delta = {"type": "input_json_delta", "partial_json": piece}
+                yield "content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}
+            yield "content_block_stop", {"type": "content_block_stop", "index": index}
+            index += 1
+        yield (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": self.stop_reason, "stop_sequence": None},
+                "usage": {"output_tokens": self.tokens["output"]},
+            },
+        )
+        yield "message_stop", {"type": "message_stop"}
+
+
 class ModelSimulator:
-    """A scripted OpenAI-compatible model server on loopback; one turn is consumed per chat request."""
+    """A scripted model server on loopback (OpenAI, Azure OpenAI, Anthropic); each chat request consumes a turn."""
 
     def __init__(
         self,
@@ -543,8 +853,13 @@ class ModelSimulator:
     @property
     def base_url(self) -> str:
         """The OpenAI base URL clients use, ending in /v1."""
+        return f"{self.root_url}/v1"
+
+    @property
+    def root_url(self) -> str:
+        """The server's root: the Anthropic base URL and the Azure OpenAI endpoint."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/v1"
+        return f"http://{host}:{self.port}"
 
     # -- script ----------------------------------------------------------------------------------------------
 
@@ -574,17 +889,21 @@ class ModelSimulator:
 
     @property
     def request_log(self) -> list[dict[str, Any]]:
-        """Each chat request's path, headers (Authorization masked), client port and body."""
+        """Each chat request's path, headers (keys masked), client port, arrival (time.monotonic()) and body."""
         with self._lock:
             return json.loads(json.dumps(self._request_log))
 
-    def models_payload(self) -> dict[str, Any]:
+    def models_payload(self, protocol: str = OPENAI) -> dict[str, Any]:
         """The GET /v1/models answer: the simulator's model plus any model a client asked for."""
         with self._lock:
             names = [DEFAULT_MODEL_ID] + sorted(
                 {str(b.get("model")) for b in self._requests if b.get("model")} - {DEFAULT_MODEL_ID}
             )
         created = int(time.time())
+        if protocol == ANTHROPIC:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))
+            data = [{"type": "model", "id": n, "display_name": n, "created_at": stamp} for n in names]
+            return {"data": data, "has_more": False, "first_id": names[0], "last_id": names[-1]}
         return {
             "object": "list",
             "data": [{"id": name, "object": "model", "created": created, "owned_by": "airlock"} for name in names],
@@ -596,8 +915,16 @@ class ModelSimulator:
             if name.lower() == "authorization":
                 scheme, _, secret = value.partition(" ")
                 value = f"{scheme} {_mask(secret.strip())}"
+            elif name.lower() in ("x-api-key", "api-key"):
+                value = _mask(value.strip())
             headers[name.lower()] = value
-        entry = {"path": handler.path, "headers": headers, "client_port": handler.client_address[1], "body": body}
+        entry = {
+            "path": handler.path,
+            "headers": headers,
+            "client_port": handler.client_address[1],
+            "received_at": time.monotonic(),
+            "body": body,
+        }
         with self._lock:
             self._requests.append(body)
             self._request_log.append(entry)

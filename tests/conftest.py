@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from django.db import connection
 
@@ -60,6 +62,16 @@ def outsider(other_org: Organization):
     user = UserFactory(username="oscar")
     make_member(other_org, user, Role.OWNER, Role.AGENTS_USER)
     return user
+
+
+@pytest.fixture(autouse=True)
+def fresh_audit_policy_cache() -> Iterator[None]:
+    """The per-process content-policy cache must not outlive a test (SQLite reuses organization ids)."""
+    from audit.policy import invalidate_policy
+
+    invalidate_policy()
+    yield
+    invalidate_policy()
 
 
 def is_postgres() -> bool:

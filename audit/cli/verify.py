@@ -50,3 +50,8 @@ def handle(command: BaseCommand, options: dict[str, Any]) -> None:
     command.stdout.write(
         f"OK: {result.events_checked} events verified, head #{result.head_sequence} {result.head_hash[:12]}"
     )
+    if result.checkpoint_sequence is not None:
+        command.stdout.write(
+            f"checkpoint #{result.checkpoint_sequence} signed at {result.checkpoint_signed_at:%Y-%m-%d %H:%M:%S} UTC "
+            f"by key {result.checkpoint_key_id[:16]}: verified"
+        )

@@ -1,9 +1,191 @@
-"""Forwarding to SIEM destinations (Splunk HEC, signed webhook, syslog), at least once, in order."""
+"""Forwarding to SIEM destinations (Splunk HEC, signed webhook, syslog), at least once, in order.
+
+The append-only log is the outbox: an event is pending for every enabled destination whose cursor
+(`delivered_sequence`) is below its sequence, from the moment the transaction that appended it commits.
+`audit.record()` calls `schedule_forwarding(org_id)` after each commit; this module only wakes delivery:
+
+- no enabled destination (the usual case): a dict lookup, the answer being cached per process for
+  `AUDIT_FORWARDING_CACHE_SECONDS` (5 s), so ingest pays nothing measurable;
+- runner `celery`: queues `audit.forward_destination` for each due destination, at most once per
+  `AUDIT_FORWARDING_DEBOUNCE_SECONDS` (0.5 s) per organization and process, with that countdown so one task
+  carries the whole burst; the `audit.forward_all_due` sweep (Celery beat) catches up whatever a lost wake-up
+  or a backoff left behind;
+- runner `inline` (no broker): one background thread per organization delivers, coalescing wake-ups that
+  arrive while it works, and re-arms itself with a timer after a failure for the backoff delay.
+
+The delivery itself is in `audit.forwarding.delivery`; destinations are managed by `audit.forwarding.services`.
+"""
 
 from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+_guard = threading.Lock()
+# organization id -> (monotonic expiry, ((destination id, next attempt as a POSIX time or None), ...))
+_targets: dict[int, tuple[float, tuple[tuple[str, float | None], ...]]] = {}
+_celery_pending_until: dict[int, float] = {}
+_inline_workers: dict[int, _InlineWorker] = {}
+_retry_timers: dict[int, threading.Timer] = {}
+
+
+def _setting(name: str, default: float) -> float:
+    return float(getattr(settings, name, default))
+
+
+def _runner() -> str:
+    return str(getattr(settings, "AUDIT_FORWARDING_RUNNER", "") or getattr(settings, "AGENT_RUNNER", "inline"))
+
+
+def forget_destinations(organization_id: int | None = None) -> None:
+    """Drop this process's cached list of an organization's enabled destinations (all of them if None)."""
+    with _guard:
+        if organization_id is None:
+            _targets.clear()
+        else:
+            _targets.pop(organization_id, None)
+
+
+def _load_targets(organization_id: int, now: float) -> tuple[tuple[str, float | None], ...]:
+    from audit.models import AuditDestination
+
+    rows = AuditDestination.objects.filter(organization_id=organization_id, enabled=True).values_list(
+        "pk", "next_attempt_at"
+    )
+    targets = tuple((str(pk), at.timestamp() if at else None) for pk, at in rows)
+    with _guard:
+        _targets[organization_id] = (now + _setting("AUDIT_FORWARDING_CACHE_SECONDS", 5.0), targets)
+    return targets
 
 
 def schedule_forwarding(organization_id: int) -> None:
     """After an event commits: wake delivery for the organization's enabled destinations, if it has any."""
-    # Forwarding is being built: destinations, the delivery task and the receivers' tests land together.
-    return None
+    try:
+        now = time.monotonic()
+        entry = _targets.get(organization_id)
+        targets = entry[1] if entry is not None and entry[0] > now else _load_targets(organization_id, now)
+        if not targets:
+            return
+        if _runner() == "celery":
+            _wake_celery(organization_id, targets, now)
+        else:
+            _wake_inline(organization_id)
+    except Exception:  # the event is committed; a failed wake-up is caught up by the next one or the sweep
+        logger.exception("could not schedule audit forwarding for organization %s", organization_id)
+
+
+def _wake_celery(organization_id: int, targets: tuple[tuple[str, float | None], ...], now: float) -> None:
+    debounce = _setting("AUDIT_FORWARDING_DEBOUNCE_SECONDS", 0.5)
+    with _guard:
+        if _celery_pending_until.get(organization_id, 0.0) > now:
+            return
+        _celery_pending_until[organization_id] = now + debounce
+    from audit.jobs.forwarding import forward_destination
+
+    wall = time.time()
+    for destination_id, next_attempt in targets:
+        if next_attempt is not None and next_attempt > wall + debounce:
+            continue  # backing off: the sweep picks it up when it is due
+        forward_destination.apply_async(args=[destination_id], countdown=debounce, retry=False)
+
+
+class _InlineWorker(threading.Thread):
+    """Delivers one organization's due destinations until no wake-up arrived during the last round."""
+
+    def __init__(self, organization_id: int) -> None:
+        super().__init__(daemon=True, name=f"audit-forwarding-{organization_id}")
+        self.organization_id = organization_id
+        self.dirty = True
+
+    def run(self) -> None:
+        from django.db import connections
+
+        try:
+            while True:
+                with _guard:
+                    if not self.dirty:
+                        _inline_workers.pop(self.organization_id, None)
+                        return
+                    self.dirty = False
+                time.sleep(_setting("AUDIT_FORWARDING_DEBOUNCE_SECONDS", 0.5))  # let a burst gather
+                self._round()
+        except Exception:
+            logger.exception("audit forwarding worker for organization %s crashed", self.organization_id)
+            with _guard:
+                _inline_workers.pop(self.organization_id, None)
+        finally:
+            connections.close_all()
+
+    def _round(self) -> None:
+        from audit.forwarding.delivery import deliver_destination, due_destination_ids
+        from audit.models import AuditDestination
+
+        retry_at: dt.datetime | None = None
+        for destination_id in due_destination_ids(self.organization_id):
+            result = deliver_destination(destination_id)
+            if result.error:
+                at = (
+                    AuditDestination.objects.filter(pk=destination_id).values_list("next_attempt_at", flat=True).first()
+                )
+                if at is not None and (retry_at is None or at < retry_at):
+                    retry_at = at
+        if retry_at is not None:
+            _arm_retry(self.organization_id, max((retry_at - dt.datetime.now(dt.UTC)).total_seconds(), 0.0))
+
+
+def _wake_inline(organization_id: int) -> None:
+    with _guard:
+        worker = _inline_workers.get(organization_id)
+        if worker is not None:
+            worker.dirty = True
+            return
+        worker = _InlineWorker(organization_id)
+        _inline_workers[organization_id] = worker
+    worker.start()
+
+
+def _arm_retry(organization_id: int, delay: float) -> None:
+    timer = threading.Timer(delay, _retry_fired, args=[organization_id])
+    timer.daemon = True
+    with _guard:
+        previous = _retry_timers.pop(organization_id, None)
+        _retry_timers[organization_id] = timer
+    if previous is not None:
+        previous.cancel()
+    timer.start()
+
+
+def _retry_fired(organization_id: int) -> None:
+    with _guard:
+        _retry_timers.pop(organization_id, None)
+    forget_destinations(organization_id)
+    schedule_forwarding(organization_id)
+
+
+def wait_until_idle(timeout: float = 10.0) -> bool:
+    """Wait for this process's inline delivery threads to finish (tests, shutdown); False on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with _guard:
+            workers = list(_inline_workers.values())
+        if not workers:
+            return True
+        for worker in workers:
+            worker.join(max(deadline - time.monotonic(), 0.0))
+    with _guard:
+        return not _inline_workers
+
+
+def cancel_retries() -> None:
+    """Cancel this process's pending inline retry timers (tests, shutdown)."""
+    with _guard:
+        timers = list(_retry_timers.values())
+        _retry_timers.clear()
+    for timer in timers:
+        timer.cancel()

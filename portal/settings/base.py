@@ -6,7 +6,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from portal.settings.env import env_bool, env_int, env_list, env_str
+from portal.settings.env import env_bool, env_float, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 DATA_DIR = Path(env_str("AIRLOCK_DATA_DIR", str(BASE_DIR / "data")))
@@ -109,6 +109,14 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Celery beat (run `celery -A portal beat` once per deployment): daily signed audit checkpoints, then the retention
+# purge (every organization with retention set; a purge never removes the newest checkpoint's event).
+CELERY_BEAT_SCHEDULE = {
+    "audit-write-checkpoints": {"task": "audit.write_checkpoints", "schedule": 24 * 60 * 60},
+    "audit-purge-expired": {"task": "audit.purge_expired", "schedule": 24 * 60 * 60},
+    # Catch-up sweep for SIEM destinations (delivery is also woken after every committed event).
+    "audit-forward-all-due": {"task": "audit.forward_all_due", "schedule": 15.0},
+}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -167,9 +175,12 @@ WORKSPACES_ROOT = Path(env_str("AIRLOCK_WORKSPACES_ROOT", str(DATA_DIR / "worksp
 WORKSPACE_COMMAND_TIMEOUT_SECONDS = env_int("AIRLOCK_COMMAND_TIMEOUT_SECONDS", 120)
 WORKSPACE_OUTPUT_CAP_BYTES = env_int("AIRLOCK_COMMAND_OUTPUT_CAP_BYTES", 256 * 1024)
 
-# Model calls: per-request timeout and the SDK's bounded retries (429/5xx/connection errors).
+# Model calls: per-request timeout, and Airlock's own bounded retries on 429/5xx/connection errors
+# (exponential backoff with full jitter, honouring Retry-After; the SDKs run with max_retries=0).
 PROVIDER_TIMEOUT_SECONDS = env_int("AIRLOCK_PROVIDER_TIMEOUT_SECONDS", 120)
 PROVIDER_MAX_RETRIES = env_int("AIRLOCK_PROVIDER_MAX_RETRIES", 2)
+PROVIDER_RETRY_BASE_SECONDS = env_float("AIRLOCK_PROVIDER_RETRY_BASE_SECONDS", 0.5)
+PROVIDER_RETRY_MAX_SECONDS = env_float("AIRLOCK_PROVIDER_RETRY_MAX_SECONDS", 20)
 
 # Agent loop limits.
 AGENT_MAX_STEPS = env_int("AIRLOCK_AGENT_MAX_STEPS", 25)

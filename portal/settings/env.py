@@ -44,6 +44,17 @@ def env_int(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name}={value!r} is not a whole number.") from exc
 
 
+def env_float(name: str, default: float) -> float:
+    """Return the variable as a number."""
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name}={value!r} is not a number.") from exc
+
+
 def env_list(name: str, default: list[str] | None = None) -> list[str]:
     """Return a comma-separated variable as a list of non-empty, stripped items."""
     value = os.environ.get(name)

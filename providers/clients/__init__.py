@@ -1,15 +1,16 @@
-"""Streaming model clients: `stream_turn` picks the adapter for the provider's wire protocol."""
+"""Streaming model clients: `stream_turn` picks the adapter for the provider's wire protocol, retries, falls back."""
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import AsyncIterator
-from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 from providers.clients.base import (
     STOP_REASONS,
+    CallSummary,
     ModelCallError,
+    ReasoningDelta,
     StreamEvent,
     TextDelta,
     ToolCallRequest,
@@ -17,13 +18,17 @@ from providers.clients.base import (
     TurnEnd,
     Usage,
 )
+from providers.clients.retry import RetryPolicy, stream_with_retries
 
 if TYPE_CHECKING:
     from providers.models import LanguageModel, Provider
 
 __all__ = [
     "STOP_REASONS",
+    "CallSummary",
     "ModelCallError",
+    "ReasoningDelta",
+    "RetryPolicy",
     "StreamEvent",
     "TextDelta",
     "ToolCallRequest",
@@ -55,7 +60,22 @@ async def _provider_of(model: LanguageModel) -> Provider:
     return provider
 
 
-async def stream_turn(
+async def _fallback_of(model: LanguageModel) -> LanguageModel | None:
+    """The model's enabled fallback in the same organization (None when there is none)."""
+    from providers.models import LanguageModel
+
+    if not model.fallback_id or model.fallback_id == model.pk:
+        return None
+    if LanguageModel.fallback.is_cached(model):
+        fallback = model.fallback
+    else:
+        fallback = await LanguageModel.objects.select_related("provider").filter(pk=model.fallback_id).afirst()
+    if fallback is None or not fallback.is_enabled or fallback.organization_id != model.organization_id:
+        return None
+    return fallback
+
+
+def stream_turn(
     *,
     model: LanguageModel,
     system: str,
@@ -63,18 +83,32 @@ async def stream_turn(
     tools: list[ToolSpec],
     correlation: dict[str, str] | None = None,
 ) -> AsyncIterator[StreamEvent]:
-    """Call the model once and yield TextDelta*, ToolCallRequest*, Usage, then TurnEnd; raise ModelCallError."""
-    provider = await _provider_of(model)
-    module_name = ADAPTERS.get(provider.kind)
-    if module_name is None:
-        raise ModelCallError(
-            f"Provider {provider.name!r} has kind {provider.kind!r}, which this Airlock cannot call: "
-            f"use one of {sorted(ADAPTERS)}."
+    """Call the model and yield ReasoningDelta*/TextDelta*, ToolCallRequest*, Usage, CallSummary, then TurnEnd.
+
+    Retries retryable failures while nothing has been yielded, then tries the model's fallback; on final failure
+    raises ModelCallError with `.attempts` set. (A plain function returning the async generator: one hop less
+    per event; use it with `async for`, or `aclosing(...)` to close it early.)
+    """
+    headers = correlation or {}
+
+    async def open_stream(target: LanguageModel) -> tuple[Provider, AsyncIterator[StreamEvent]]:
+        provider = await _provider_of(target)
+        module_name = ADAPTERS.get(provider.kind)
+        if module_name is None:
+            raise ModelCallError(
+                f"Provider {provider.name!r} has kind {provider.kind!r}, which this Airlock cannot call: "
+                f"use one of {sorted(ADAPTERS)}."
+            )
+        try:
+            adapter = importlib.import_module(module_name)
+        except ImportError:
+            raise ModelCallError(
+                f"Provider {provider.name!r} has kind {provider.kind!r}, whose client is not installed in this "
+                "Airlock: pick another provider kind or upgrade Airlock."
+            ) from None
+        events = adapter.stream(
+            provider=provider, model=target, system=system, messages=messages, tools=tools, correlation=headers
         )
-    adapter = importlib.import_module(module_name)
-    events = adapter.stream(
-        provider=provider, model=model, system=system, messages=messages, tools=tools, correlation=correlation or {}
-    )
-    async with aclosing(events):
-        async for event in events:
-            yield event
+        return provider, events
+
+    return stream_with_retries(model=model, open_stream=open_stream, load_fallback=_fallback_of)

@@ -4,7 +4,8 @@ No vendor type crosses this boundary. Messages going in are plain dicts:
     {"role": "user" | "assistant" | "tool", "content": str,
      "tool_calls": [{"id": str, "name": str, "arguments": dict}],   # assistant only, optional
      "tool_call_id": str}                                           # tool only
-Events coming out, in this order: TextDelta*, ToolCallRequest*, Usage (when the provider reports it), TurnEnd.
+Events coming out, in this order: ReasoningDelta* and TextDelta* (interleaved as the vendor sends them),
+ToolCallRequest*, Usage (when the provider reports it), CallSummary (from `stream_turn` only), TurnEnd.
 """
 
 from __future__ import annotations
@@ -20,6 +21,13 @@ STOP_REASONS: tuple[str, ...] = ("end_turn", "tool_use", "max_tokens", "content_
 @dataclass(frozen=True)
 class TextDelta:
     """A piece of the assistant's text, as it arrives."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ReasoningDelta:
+    """A piece of the model's reasoning ("thinking"), where the vendor sends it; not part of the answer."""
 
     text: str
 
@@ -45,10 +53,16 @@ class ToolCallRequest:
 
 @dataclass(frozen=True)
 class Usage:
-    """Tokens the call consumed, as the provider reported them."""
+    """Tokens the call consumed, as the provider reported them.
+
+    `input_tokens` counts the input billed at the full input price: adapters subtract the tokens read from or
+    written to the prompt cache, which are counted in `cache_read_tokens` / `cache_write_tokens`.
+    """
 
     input_tokens: int
     output_tokens: int
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -58,7 +72,25 @@ class TurnEnd:
     stop_reason: str
 
 
-StreamEvent = TextDelta | ToolCallRequest | Usage | TurnEnd
+@dataclass(frozen=True)
+class CallSummary:
+    """How a call went, after retries and fallback: yielded by `stream_turn` just before TurnEnd.
+
+    `attempts` counts every request sent (to the fallback model too); `model_id` / `model_identifier` /
+    `provider_name` name the model that answered; `fell_back_from` is the identifier of the model that failed
+    first ("" when the first model answered); `time_to_first_token_ms` is measured from the start of the call
+    to the first text, reasoning or tool call (None when the answer had none).
+    """
+
+    attempts: int
+    model_id: int
+    model_identifier: str
+    provider_name: str
+    fell_back_from: str = ""
+    time_to_first_token_ms: int | None = None
+
+
+StreamEvent = TextDelta | ReasoningDelta | ToolCallRequest | Usage | CallSummary | TurnEnd
 
 
 @dataclass(frozen=True)
@@ -74,17 +106,25 @@ class ModelCallError(Exception):
     """A model call failed; the message says what to do about it and never contains a secret.
 
     `status` is the provider's HTTP status when it answered, `retryable` whether trying again later may help,
-    `retry_after` the seconds the provider asked to wait, when it said so.
+    `retry_after` the seconds the provider asked to wait, when it said so; `attempts` how many requests were
+    sent before giving up (set by `stream_turn`).
     """
 
     def __init__(
-        self, message: str, *, status: int | None = None, retryable: bool = False, retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+        attempts: int = 1,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.retryable = retryable
         self.retry_after = retry_after
+        self.attempts = attempts
 
     def __str__(self) -> str:
         return self.message

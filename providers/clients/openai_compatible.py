@@ -1,4 +1,4 @@
-"""The OpenAI Chat Completions adapter (OpenAI, vLLM, Ollama, gateways, the offline simulator).
+"""The OpenAI Chat Completions adapter (OpenAI, Azure OpenAI, vLLM, Ollama, gateways, the offline simulator).
 
 Vendor types stay in this module: messages go in as neutral dicts, events come out as `providers.clients.base`
 dataclasses, and every SDK error leaves as a ModelCallError whose message never contains the API key.
@@ -17,7 +17,8 @@ import ssl
 import uuid
 import weakref
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import httpx2
@@ -27,6 +28,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from providers.clients.base import (
     ModelCallError,
+    ReasoningDelta,
     StreamEvent,
     TextDelta,
     ToolCallRequest,
@@ -44,6 +46,8 @@ CONNECT_TIMEOUT_SECONDS = 10.0
 NO_KEY = "not-needed"  # local servers (vLLM, Ollama, the simulator) ignore the key, but the SDK wants one
 MAX_CLIENTS_PER_LOOP = 32
 VENDOR_MESSAGE_CHARS = 300
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+HEADER_VALUE_CHARS = 500
 
 FINISH_REASONS: dict[str, str] = {
     "stop": "end_turn",
@@ -62,33 +66,80 @@ CORRELATION_HEADERS: dict[str, str] = {
 
 # One pool of clients per event loop: an HTTP connection belongs to the loop that opened it, and Celery
 # workers or tests may run several loops in one process.
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, OrderedDict[tuple, openai.AsyncOpenAI]] = (
-    weakref.WeakKeyDictionary()
-)
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, OrderedDict[tuple, Any]] = weakref.WeakKeyDictionary()
 
 
-async def client_for(*, base_url: str, api_key: str) -> openai.AsyncOpenAI:
-    """The cached SDK client of this event loop for an endpoint and key (created on first use)."""
-    max_retries = int(settings.PROVIDER_MAX_RETRIES)
-    timeout = float(settings.PROVIDER_TIMEOUT_SECONDS)
-    key = (base_url, hashlib.sha256(api_key.encode()).hexdigest(), max_retries, timeout)
+def key_digest(api_key: str) -> str:
+    """A digest of a key, to tell pooled clients apart without keeping the key in the pool's keys."""
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+async def pooled_client(key: tuple, factory: Callable[[], Any]) -> Any:
+    """The cached SDK client of this event loop under `key`, made by `factory` on first use (LRU-bounded)."""
     pool = _clients.setdefault(asyncio.get_running_loop(), OrderedDict())
     client = pool.get(key)
     if client is not None:
         pool.move_to_end(key)
         return client
-    client = openai.AsyncOpenAI(
-        base_url=base_url,
-        api_key=api_key,
-        max_retries=max_retries,
-        timeout=openai.Timeout(timeout, connect=min(CONNECT_TIMEOUT_SECONDS, timeout)),
-    )
+    client = factory()
     pool[key] = client
     while len(pool) > MAX_CLIENTS_PER_LOOP:
         _, evicted = pool.popitem(last=False)
         with contextlib.suppress(Exception):
             await evicted.close()
     return client
+
+
+def sdk_timeout() -> tuple[float, float]:
+    """(read timeout, connect timeout) in seconds, from settings."""
+    timeout = float(settings.PROVIDER_TIMEOUT_SECONDS)
+    return timeout, min(CONNECT_TIMEOUT_SECONDS, timeout)
+
+
+async def client_for(
+    *, base_url: str, api_key: str, kind: str = "openai-compatible", api_version: str = ""
+) -> openai.AsyncOpenAI:
+    """The cached SDK client of this event loop for an endpoint and key; the SDK never retries (we do)."""
+    timeout, connect = sdk_timeout()
+    key = ("openai", kind, base_url, api_version, key_digest(api_key), timeout)
+
+    def make() -> openai.AsyncOpenAI:
+        if kind == "azure-openai":
+            return openai.AsyncAzureOpenAI(
+                azure_endpoint=base_url,
+                api_version=api_version,
+                api_key=api_key,
+                max_retries=0,
+                timeout=openai.Timeout(timeout, connect=connect),
+            )
+        return openai.AsyncOpenAI(
+            base_url=base_url, api_key=api_key, max_retries=0, timeout=openai.Timeout(timeout, connect=connect)
+        )
+
+    return await pooled_client(key, make)
+
+
+def provider_api_key(provider: Provider) -> str:
+    """The provider's decrypted API key ("" when none is stored); a ModelCallError when it cannot be decrypted."""
+    try:
+        return decrypt_secret(provider.api_key_encrypted) if provider.api_key_encrypted else ""
+    except ImproperlyConfigured:
+        raise ModelCallError(
+            f"The stored API key of provider {provider.name!r} cannot be decrypted with AIRLOCK_ENCRYPTION_KEYS "
+            "(was a key removed?): restore the key or set the provider's API key again."
+        ) from None
+
+
+def request_headers(provider: Provider, correlation: dict[str, str]) -> dict[str, str]:
+    """Headers for every call: the provider's extra headers (gateways), then the correlation headers."""
+    headers: dict[str, str] = {}
+    extra = provider.extra_headers if isinstance(provider.extra_headers, dict) else {}
+    for name, value in extra.items():
+        name = re.sub(r"[^A-Za-z0-9!#$%&'*+.^_`|~-]", "", str(name))
+        if name and value is not None:
+            headers[name] = re.sub(r"[\r\n]", " ", str(value))[:HEADER_VALUE_CHARS]
+    headers.update(correlation_headers(correlation))
+    return headers
 
 
 def correlation_headers(correlation: dict[str, str]) -> dict[str, str]:
@@ -220,27 +271,35 @@ async def stream(
     tools: list[ToolSpec],
     correlation: dict[str, str],
 ) -> AsyncIterator[StreamEvent]:
-    """One streamed Chat Completions call, as neutral events."""
-    try:
-        api_key = decrypt_secret(provider.api_key_encrypted) if provider.api_key_encrypted else ""
-    except ImproperlyConfigured:
-        raise ModelCallError(
-            f"The stored API key of provider {provider.name!r} cannot be decrypted with AIRLOCK_ENCRYPTION_KEYS "
-            "(was a key removed?): restore the key or set the provider's API key again."
-        ) from None
-    context = _ErrorContext(provider=provider, model=model, api_key=api_key)
-    if not provider.base_url:
+    """One streamed Chat Completions call, as neutral events (kinds openai-compatible, openai and azure-openai)."""
+    api_key = provider_api_key(provider)
+    base_url = provider.base_url or (OPENAI_BASE_URL if provider.kind == "openai" else "")
+    context = ErrorContext(provider=provider, model=model, api_key=api_key, base_url=base_url)
+    if provider.kind == "azure-openai":
+        if not base_url:
+            raise ModelCallError(
+                f"Provider {provider.name!r} has no endpoint: set its base URL to the Azure resource's endpoint "
+                "(https://<resource>.openai.azure.com)."
+            )
+        if not provider.api_version:
+            raise ModelCallError(
+                f"Provider {provider.name!r} has no API version: set one (e.g. 2024-10-21); Azure OpenAI requires it."
+            )
+    elif not base_url:
         raise ModelCallError(f"Provider {provider.name!r} has no base URL: set one (e.g. http://127.0.0.1:8000/v1).")
-    client = await client_for(base_url=provider.base_url, api_key=api_key or NO_KEY)
+    client = await client_for(
+        base_url=base_url, api_key=api_key or NO_KEY, kind=provider.kind, api_version=provider.api_version
+    )
     request: dict[str, Any] = {
-        "model": model.identifier,
+        "model": model.identifier,  # Azure: the deployment name, which the SDK puts in the path
         "messages": wire_messages(system, messages),
         "stream": True,
         "stream_options": {"include_usage": True},
     }
     if tools:
         request["tools"] = wire_tools(tools)
-    headers = correlation_headers(correlation)
+    request.update(request_options(provider.kind, model))
+    headers = request_headers(provider, correlation)
     try:
         response = await client.chat.completions.create(**request, extra_headers=headers or None)
     except TRANSPORT_ERRORS as exc:
@@ -270,6 +329,9 @@ async def stream(
                     continue
                 delta = choice.delta
                 if delta is not None:
+                    reasoning = _reasoning_text(delta)
+                    if reasoning:
+                        yield ReasoningDelta(reasoning)
                     if delta.content:
                         yield TextDelta(delta.content)
                     for fragment in delta.tool_calls or []:
@@ -285,18 +347,63 @@ async def stream(
     for call in requests:
         yield call
     if usage is not None:
-        yield Usage(input_tokens=int(usage.prompt_tokens or 0), output_tokens=int(usage.completion_tokens or 0))
+        yield _usage(usage)
     yield TurnEnd(stop_reason=_stop_reason(finish_reason, bool(requests)))
 
 
-class _ErrorContext:
-    """Turns SDK and transport errors into ModelCallErrors that say what to do, without secrets."""
+def request_options(kind: str, model: LanguageModel) -> dict[str, Any]:
+    """The model's options as Chat Completions parameters: temperature, reasoning effort, output limit."""
+    options = model.options if isinstance(model.options, dict) else {}
+    params: dict[str, Any] = {}
+    if options.get("temperature") is not None:
+        params["temperature"] = float(options["temperature"])
+    if options.get("reasoning_effort"):
+        params["reasoning_effort"] = str(options["reasoning_effort"])
+    if model.max_output_tokens:
+        # OpenAI's reasoning models only take max_completion_tokens; many local servers only know max_tokens.
+        name = "max_tokens" if kind == "openai-compatible" else "max_completion_tokens"
+        params[name] = int(model.max_output_tokens)
+    return params
 
-    def __init__(self, *, provider: Provider, model: LanguageModel, api_key: str) -> None:
+
+def _reasoning_text(delta: Any) -> str:
+    """Reasoning text some servers add to a delta (vLLM, DeepSeek: reasoning_content; OpenRouter: reasoning)."""
+    extra = getattr(delta, "model_extra", None) or {}
+    value = extra.get("reasoning_content") or extra.get("reasoning")
+    return value if isinstance(value, str) else ""
+
+
+def _usage(usage: Any) -> Usage:
+    """Neutral usage: the prompt tokens read from the cache are counted apart from the rest of the input."""
+    details = getattr(usage, "prompt_tokens_details", None)
+    cached = int(getattr(details, "cached_tokens", 0) or 0) if details is not None else 0
+    prompt = int(usage.prompt_tokens or 0)
+    return Usage(
+        input_tokens=max(0, prompt - cached), output_tokens=int(usage.completion_tokens or 0), cache_read_tokens=cached
+    )
+
+
+class ErrorContext:
+    """Turns SDK and transport errors into ModelCallErrors that say what to do, without secrets.
+
+    `sdk` is the vendor SDK module whose exception classes to recognise (openai or anthropic: both SDKs share
+    the same error hierarchy).
+    """
+
+    def __init__(
+        self,
+        *,
+        provider: Provider,
+        model: LanguageModel,
+        api_key: str,
+        base_url: str | None = None,
+        sdk: ModuleType = openai,
+    ) -> None:
         self.provider = provider
         self.model = model
         self.api_key = api_key
-        self.host = endpoint_host(provider.base_url)
+        self.sdk = sdk
+        self.host = endpoint_host(provider.base_url if base_url is None else base_url)
 
     def scrub(self, text: str) -> str:
         """Remove the key (and any bearer token) from a vendor's text, and keep it short."""
@@ -306,7 +413,7 @@ class _ErrorContext:
         text = " ".join(text.split())
         return text[:VENDOR_MESSAGE_CHARS] + ("..." if len(text) > VENDOR_MESSAGE_CHARS else "")
 
-    def vendor_message(self, exc: openai.APIError) -> str:
+    def vendor_message(self, exc: Any) -> str:
         """The provider's own error message, scrubbed."""
         body = exc.body
         message: Any = None
@@ -321,9 +428,10 @@ class _ErrorContext:
 
     def translate(self, exc: BaseException, *, mid_stream: bool) -> ModelCallError:
         """The ModelCallError for an SDK or transport error."""
-        if isinstance(exc, openai.APIStatusError):
+        sdk = self.sdk
+        if isinstance(exc, sdk.APIStatusError):
             return self._status_error(exc)
-        if isinstance(exc, openai.APITimeoutError):
+        if isinstance(exc, sdk.APITimeoutError | httpx2.TimeoutException):
             timeout = settings.PROVIDER_TIMEOUT_SECONDS
             return ModelCallError(
                 f"Timed out waiting for {self.host} (limit {timeout:g} s): the model may be overloaded; try again, "
@@ -332,12 +440,12 @@ class _ErrorContext:
             )
         if isinstance(exc, httpx2.InvalidURL):
             return ModelCallError(f"The base URL of provider {self.provider.name!r} is not a valid URL: fix it.")
-        if isinstance(exc, openai.APIConnectionError | OSError) or not isinstance(exc, openai.APIError):
+        if isinstance(exc, sdk.APIConnectionError | OSError) or not isinstance(exc, sdk.APIError):
             return self._connection_error(exc, mid_stream=mid_stream)
         detail = self.vendor_message(exc)
         return ModelCallError(f"{self.host} reported an error while answering: {detail}", retryable=True)
 
-    def _status_error(self, exc: openai.APIStatusError) -> ModelCallError:
+    def _status_error(self, exc: Any) -> ModelCallError:
         status = exc.status_code
         detail = self.vendor_message(exc)
         name = self.provider.name
@@ -411,7 +519,10 @@ def _is_refused(exc: BaseException) -> bool:
     return "connection refused" in str(exc).lower() or "connect call failed" in str(exc).lower()
 
 
-def _retry_after(exc: openai.APIStatusError) -> float | None:
+_ErrorContext = ErrorContext  # the name other adapters first imported
+
+
+def _retry_after(exc: Any) -> float | None:
     headers = exc.response.headers if exc.response is not None else {}
     for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
         value = headers.get(name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -15,6 +16,7 @@ from agents.services import session_start
 from audit.models import AuditEvent
 from audit.verify import verify_chain
 from organizations.models import MembershipRole, Role
+from providers.models import LanguageModel, ModelCall
 from providers.simulator import ModelSimulator
 from tests.factories import LanguageModelFactory, OrganizationFactory, UserFactory, make_member
 
@@ -119,7 +121,10 @@ async def test_token_deltas_are_batched_and_lose_nothing(setup, simulator, setti
 
 async def test_model_calls_carry_correlation_headers_and_are_audited_with_usage(setup, simulator):
     org, user, model = setup
-    simulator.enqueue({"text": "Hi there.", "usage": {"prompt_tokens": 42, "completion_tokens": 7}})
+    await LanguageModel.objects.filter(pk=model.pk).aupdate(
+        input_price_per_mtok=Decimal("3"), output_price_per_mtok=Decimal("15")
+    )
+    simulator.enqueue({"text": "Hi there.", "usage": {"prompt_tokens": 1000, "completion_tokens": 500}})
 
     session, _ = await start_and_run(user, org, "hello")
 
@@ -127,7 +132,11 @@ async def test_model_calls_carry_correlation_headers_and_are_audited_with_usage(
     assert headers["x-airlock-session-id"] == str(session.pk)
     assert headers["x-airlock-user-id"] == str(user.pk)
     call = await AuditEvent.objects.aget(action="model.call")
-    assert call.data["input_tokens"] == 42 and call.data["output_tokens"] == 7
+    assert call.data["input_tokens"] == 1000 and call.data["output_tokens"] == 500
+    assert call.data["cost"] == "0.01050000" and call.data["attempts"] == 1
+    stored = await ModelCall.objects.aget(pk=call.model_call_id)
+    assert stored.cost == Decimal("0.0105") and stored.session_id == str(session.pk) and stored.status == "success"
+    assert len(call.data["request_messages_sha256"]) == 64
     assert call.data["response_text"] == "Hi there." and call.data["model"] == model.identifier
     assert call.actor_type == "agent" and call.session_id == str(session.pk)
     result = await sync_to_async(verify_chain)(organization=org)

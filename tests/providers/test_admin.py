@@ -66,7 +66,7 @@ def test_adding_a_provider_in_the_admin_encrypts_the_key_and_audits(browser, org
     provider = Provider.objects.get(name="Gateway")
     assert decrypt_secret(provider.api_key_encrypted) == "sk-admin-ENTERED-key-5678"
     event = AuditEvent.objects.get(action="provider.created", target_id=str(provider.pk))
-    assert event.actor_id == str(staff_owner.pk) and event.data["api_key"] == "****5678"
+    assert event.actor_id == str(staff_owner.pk) and event.data["api_key_hint"] == "****5678"
 
 
 def test_a_bad_base_url_in_the_admin_shows_on_the_field_instead_of_failing(browser, org):
@@ -110,7 +110,14 @@ def test_adding_a_default_model_in_the_admin_moves_the_default(browser, org, pro
 
     response = browser.post(
         "/admin/providers/languagemodel/add/",
-        {"provider": provider.pk, "identifier": "b", "display_name": "B", "context_limit": 2000, "is_default": "on"},
+        {
+            "provider": provider.pk,
+            "identifier": "b",
+            "display_name": "B",
+            "context_limit": 2000,
+            "is_default": "on",
+            "is_enabled": "on",
+        },
     )
 
     assert response.status_code == 302
@@ -126,3 +133,87 @@ def test_owners_see_only_their_organizations_providers(browser, other_org, provi
 
     assert "vLLM" in listing and "Foreign" not in listing
     assert browser.get(f"/admin/providers/provider/{foreign.pk}/change/").status_code in (302, 404)
+
+
+@pytest.fixture
+def staff_auditor(org):
+    """An auditor of acme who may use the admin site."""
+    user = UserFactory(username="audra", is_staff=True)
+    make_member(org, user, Role.AUDITOR)
+    return user
+
+
+def test_auditors_read_providers_and_models_but_cannot_change_them(org, staff_auditor, provider):
+    model = model_create(
+        actor=None, organization=org, provider=provider, identifier="a", display_name="A", context_limit=1000
+    )
+    client = Client()
+    client.force_login(staff_auditor)
+
+    page = client.get(f"/admin/providers/provider/{provider.pk}/change/")
+    assert page.status_code == 200 and 'name="new_api_key"' not in page.content.decode()
+    assert SECRET_KEY not in page.content.decode()
+    assert client.get(f"/admin/providers/languagemodel/{model.pk}/change/").status_code == 200
+    assert client.get("/admin/providers/provider/add/").status_code == 403
+    client.post(f"/admin/providers/provider/{provider.pk}/change/", {"name": "Renamed", "base_url": "http://x/v1"})
+    provider.refresh_from_db()
+    assert provider.name == "vLLM" and not AuditEvent.objects.filter(action="provider.updated").exists()
+
+
+def test_an_anthropic_provider_without_a_key_shows_the_error_on_the_key_field(browser, org):
+    response = browser.post(
+        "/admin/providers/provider/add/", {"organization": org.pk, "name": "Claude", "kind": "anthropic"}
+    )
+
+    assert response.status_code == 200 and "needs an API key" in response.content.decode()
+    assert not Provider.objects.filter(name="Claude").exists()
+
+
+def test_a_credential_in_extra_headers_is_refused_on_the_form(browser, org):
+    response = browser.post(
+        "/admin/providers/provider/add/",
+        {
+            "organization": org.pk,
+            "name": "Gw",
+            "kind": "openai-compatible",
+            "base_url": "http://gw/v1",
+            "extra_headers": '{"Authorization": "Bearer abc"}',
+        },
+    )
+
+    assert response.status_code == 200 and "carries a credential" in response.content.decode()
+
+
+def test_owner_deletes_an_unused_provider_through_the_audited_service(browser, provider):
+    response = browser.post(f"/admin/providers/provider/{provider.pk}/delete/", {"post": "yes"})
+
+    assert response.status_code == 302
+    assert not Provider.objects.filter(pk=provider.pk).exists()
+    assert AuditEvent.objects.filter(action="provider.deleted", target_id=str(provider.pk)).exists()
+
+
+def test_a_provider_with_models_cannot_be_deleted_in_the_admin(browser, org, provider):
+    model_create(actor=None, organization=org, provider=provider, identifier="a", display_name="A", context_limit=10)
+
+    browser.post(f"/admin/providers/provider/{provider.pk}/delete/", {"post": "yes"})
+
+    assert Provider.objects.filter(pk=provider.pk).exists()
+
+
+def test_bad_model_settings_show_on_their_fields(browser, org, provider):
+    response = browser.post(
+        "/admin/providers/languagemodel/add/",
+        {
+            "provider": provider.pk,
+            "identifier": "b",
+            "display_name": "B",
+            "context_limit": 2000,
+            "is_enabled": "on",
+            "max_output_tokens": 5000,
+            "options": '{"temperature": 9}',
+        },
+    )
+
+    html = response.content.decode()
+    assert response.status_code == 200 and "below the context limit" in html
+    assert not LanguageModel.objects.filter(identifier="b").exists()

@@ -56,19 +56,21 @@ def test_agents_user_lists_the_orgs_models_with_provider_and_simulator_flag(agen
     response = api(agents_user).get(MODELS)
 
     assert response.status_code == 200
-    assert response.json()["results"] == [
-        {
-            "id": model.pk,
-            "identifier": "sim",
-            "display_name": "Simulator",
-            "context_limit": 8000,
-            "is_default": True,
-            "provider_name": "Offline simulator",
-            "provider_kind": "openai-compatible",
-            "is_simulator": True,
-            "can_use": True,
-        }
-    ]
+    [row] = response.json()["results"]
+    assert {k: row[k] for k in ("id", "identifier", "display_name", "context_limit", "is_default")} == {
+        "id": model.pk,
+        "identifier": "sim",
+        "display_name": "Simulator",
+        "context_limit": 8000,
+        "is_default": True,
+    }
+    assert (row["provider_name"], row["provider_kind"], row["is_simulator"], row["can_use"]) == (
+        "Offline simulator",
+        "openai-compatible",
+        True,
+        True,
+    )
+    assert row["is_enabled"] is True and row["compaction_threshold_percent"] == 80 and row["fallback"] is None
 
 
 def test_member_without_agents_role_sees_the_catalogue_but_may_not_use_it(plain_member, auditor, model):
@@ -180,3 +182,214 @@ def test_model_for_user_answers_404_for_foreign_or_missing_and_403_for_viewers(
 def test_model_default_is_the_orgs_own_default(org, other_org, model, foreign_model):
     assert model_default(organization=org) == model
     assert model_default(organization=other_org) == foreign_model
+
+
+# --- writes: owners create, change, delete; auditors read; the key is write-only ---------------------------------
+
+NEW_KEY = "sk-live-APIWRITTEN-key-4321"
+
+
+def test_owner_creates_a_provider_and_the_answer_never_holds_the_key(owner, org):
+    response = api(owner).post(
+        PROVIDERS,
+        {
+            "name": "Gateway",
+            "kind": "openai-compatible",
+            "base_url": "https://gw.internal/v1",
+            "api_key": NEW_KEY,
+            "extra_headers": {"X-Team": "ml"},
+        },
+        format="json",
+    )
+
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["has_api_key"] is True and body["api_key_hint"] == "4321" and "api_key" not in body
+    assert body["extra_headers"] == {"X-Team": "ml"}
+    assert "APIWRITTEN" not in response.content.decode()
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"name": "X", "kind": "soap", "base_url": "http://x/v1"}, "kind"),
+        ({"name": "X", "kind": "openai-compatible", "base_url": "ftp://x"}, "base_url"),
+        ({"name": "X", "kind": "anthropic"}, "api_key"),
+        (
+            {"name": "X", "kind": "azure-openai", "api_key": NEW_KEY, "base_url": "https://r.openai.azure.com"},
+            "api_version",
+        ),
+        ({"name": "X", "kind": "bedrock", "use_ambient_credentials": True}, "region"),
+        (
+            {
+                "name": "X",
+                "kind": "openai-compatible",
+                "base_url": "http://x/v1",
+                "extra_headers": {"Authorization": "k"},
+            },
+            "extra_headers",
+        ),
+        ({"name": "X", "kind": "openai-compatible", "base_url": "http://x/v1", "colour": "red"}, "colour"),
+    ],
+)
+def test_bad_provider_input_answers_400_naming_the_field(owner, org, payload, field):
+    response = api(owner).post(PROVIDERS, payload, format="json")
+
+    assert response.status_code == 400
+    assert field in response.json()
+
+
+def test_owner_rotates_the_key_with_patch_and_never_sees_it(owner, provider):
+    response = api(owner).patch(f"{PROVIDERS}{provider.pk}/", {"api_key": NEW_KEY}, format="json")
+
+    assert response.status_code == 200
+    assert response.json()["api_key_hint"] == "4321" and "APIWRITTEN" not in response.content.decode()
+
+
+@pytest.mark.parametrize("user_fixture", ["auditor", "agents_user", "plain_member"])
+def test_non_owners_may_not_write_providers(request, user_fixture, provider):
+    client = api(request.getfixturevalue(user_fixture))
+
+    assert client.post(PROVIDERS, {"name": "X", "kind": "openai"}, format="json").status_code == 403
+    assert client.patch(f"{PROVIDERS}{provider.pk}/", {"name": "Y"}, format="json").status_code == 403
+    assert client.delete(f"{PROVIDERS}{provider.pk}/").status_code == 403
+    assert client.post(f"{PROVIDERS}{provider.pk}/check/").status_code == 403
+
+
+def test_foreign_provider_id_answers_404_to_writes(owner, other_org):
+    from tests.factories import ProviderFactory
+
+    foreign = ProviderFactory(organization=other_org)
+    client = api(owner)
+
+    assert client.patch(f"{PROVIDERS}{foreign.pk}/", {"name": "Y"}, format="json").status_code == 404
+    assert client.delete(f"{PROVIDERS}{foreign.pk}/").status_code == 404
+    assert client.post(f"{PROVIDERS}{foreign.pk}/check/").status_code == 404
+
+
+def test_deleting_a_provider_that_models_use_answers_400(owner, model, provider):
+    response = api(owner).delete(f"{PROVIDERS}{provider.pk}/")
+
+    assert response.status_code == 400 and "Simulator" in response.json()["provider"][0]
+
+
+def test_owner_creates_changes_stars_and_deletes_models(owner, org, provider, model):
+    client = api(owner)
+
+    created = client.post(
+        MODELS,
+        {
+            "provider": provider.pk,
+            "identifier": "qwen",
+            "display_name": "Qwen",
+            "context_limit": 32000,
+            "max_output_tokens": 4096,
+            "input_price_per_mtok": "0.5",
+            "options": {"temperature": 0.1},
+        },
+        format="json",
+    )
+    assert created.status_code == 201, created.content
+    new_id = created.json()["id"]
+    changed = client.patch(f"{MODELS}{new_id}/", {"display_name": "Qwen 2.5", "fallback": model.pk}, format="json")
+    assert changed.status_code == 200 and changed.json()["fallback"] == model.pk
+    starred = client.post(f"{MODELS}{new_id}/default/")
+    assert starred.status_code == 200 and starred.json()["is_default"] is True
+    assert client.delete(f"{MODELS}{model.pk}/").status_code == 204
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"identifier": "x", "context_limit": 0}, "context_limit"),
+        ({"identifier": "x", "context_limit": 100, "max_output_tokens": 100}, "max_output_tokens"),
+        (
+            {"identifier": "x", "context_limit": 100, "compaction_threshold_percent": 120},
+            "compaction_threshold_percent",
+        ),
+        ({"identifier": "x", "context_limit": 100, "input_price_per_mtok": -1}, "input_price_per_mtok"),
+        ({"identifier": "x", "context_limit": 100, "options": {"reasoning_effort": "max"}}, "options"),
+        ({"identifier": "x", "context_limit": 100, "fallback": 999999}, "fallback"),
+    ],
+)
+def test_bad_model_input_answers_400_naming_the_field(owner, provider, payload, field):
+    response = api(owner).post(MODELS, {"provider": provider.pk, **payload}, format="json")
+
+    assert response.status_code == 400
+    assert field in response.json()
+
+
+def test_a_model_on_a_foreign_provider_answers_400(owner, other_org):
+    from tests.factories import ProviderFactory
+
+    foreign = ProviderFactory(organization=other_org)
+
+    response = api(owner).post(MODELS, {"provider": foreign.pk, "identifier": "x", "context_limit": 10}, format="json")
+
+    assert response.status_code == 400 and "provider" in response.json()
+
+
+@pytest.mark.parametrize("user_fixture", ["auditor", "agents_user", "plain_member"])
+def test_non_owners_may_not_write_models(request, user_fixture, provider, model):
+    client = api(request.getfixturevalue(user_fixture))
+
+    assert (
+        client.post(MODELS, {"provider": provider.pk, "identifier": "x", "context_limit": 9}, format="json").status_code
+        == 403
+    )
+    assert client.patch(f"{MODELS}{model.pk}/", {"display_name": "Y"}, format="json").status_code == 403
+    assert client.delete(f"{MODELS}{model.pk}/").status_code == 403
+    assert client.post(f"{MODELS}{model.pk}/default/").status_code == 403
+
+
+def test_owner_checks_a_provider_and_reads_each_step(owner, org):
+    from providers.simulator import ModelSimulator
+
+    with ModelSimulator(api_key=SECRET_KEY) as sim:
+        provider = provider_create(
+            actor=None,
+            organization=org,
+            name="Sim",
+            kind="openai-compatible",
+            base_url=sim.base_url,
+            api_key=SECRET_KEY,
+        )
+        model = model_create(
+            actor=None,
+            organization=org,
+            provider=provider,
+            identifier="airlock-simulator",
+            display_name="S",
+            context_limit=8000,
+        )
+        response = api(owner).post(f"{PROVIDERS}{provider.pk}/check/", {"model": model.pk}, format="json")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["ok"] is True, body
+    assert [step["name"] for step in body["steps"]] == ["credentials", "dns", "tcp", "api", "model"]
+
+
+def test_the_model_list_costs_the_same_queries_for_owners_with_many_models(
+    owner, org, provider, model, django_assert_num_queries
+):
+    client = api(owner)
+    with CaptureQueriesContext(connection) as one:
+        client.get(MODELS)
+    for n in range(5):
+        LanguageModelFactory(provider=provider, organization=org, identifier=f"more-{n}", restricted_access=True)
+    with django_assert_num_queries(len(one.captured_queries)):
+        response = client.get(MODELS)
+
+    assert response.json()["count"] == 6
+
+
+def test_provider_list_costs_the_same_queries_for_one_or_many(owner, org, provider, django_assert_num_queries):
+    from tests.factories import ProviderFactory
+
+    client = api(owner)
+    with CaptureQueriesContext(connection) as one:
+        client.get(PROVIDERS)
+    ProviderFactory.create_batch(4, organization=org)
+    with django_assert_num_queries(len(one.captured_queries)):
+        assert client.get(PROVIDERS).json()["count"] == 5

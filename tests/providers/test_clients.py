@@ -8,7 +8,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import connections
 
-from providers.clients import ModelCallError, TextDelta, ToolCallRequest, TurnEnd, Usage, stream_turn
+from providers.clients import CallSummary, ModelCallError, TextDelta, ToolCallRequest, TurnEnd, Usage, stream_turn
 from providers.models import LanguageModel
 from providers.simulator import ModelSimulator
 from tests.factories import LanguageModelFactory
@@ -18,11 +18,13 @@ PROMPT = [{"role": "user", "content": "hello"}]
 
 
 async def collect(model: LanguageModel, messages: list[dict] = PROMPT, **kwargs) -> list:
+    """The events of one turn, without the CallSummary (tests of the summary look at it themselves)."""
     return [
         event
         async for event in stream_turn(
             model=model, system="You are helpful.", messages=messages, tools=[EXECUTE], **kwargs
         )
+        if not isinstance(event, CallSummary)
     ]
 
 
@@ -68,7 +70,7 @@ def model_without_v1(org, simulator) -> LanguageModel:
 
 @pytest.fixture
 def unknown_kind_model(org) -> LanguageModel:
-    return LanguageModelFactory(provider__organization=org, provider__kind="bedrock", provider__name="Legacy")
+    return LanguageModelFactory(provider__organization=org, provider__kind="mainframe", provider__name="Legacy")
 
 
 async def test_text_turn_yields_deltas_then_usage_then_end_turn(model, simulator):
@@ -311,7 +313,7 @@ async def test_a_model_loaded_without_its_provider_still_streams(simulator):
 async def test_unknown_provider_kind_names_the_kinds_that_work(unknown_kind_model):
     error = await failure(unknown_kind_model)
 
-    assert "Provider 'Legacy' has kind 'bedrock'" in str(error) and "openai-compatible" in str(error)
+    assert "Provider 'Legacy' has kind 'mainframe'" in str(error) and "openai-compatible" in str(error)
 
 
 def test_simulator_default_turn_drives_stream_turn_through_a_command_round_trip(org):

@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import anthropic
 import httpx2
 import openai
 import pytest
@@ -314,3 +315,55 @@ def test_cli_with_an_unreadable_script_exits_non_zero_with_a_message(tmp_path):
 
     assert result.returncode != 0
     assert "is not valid JSON" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_anthropic_stream_follows_the_messages_event_order_with_split_tool_input(simulator):
+    simulator.enqueue(
+        {
+            "thinking": "plan",
+            "text": "Sure.",
+            "tool_calls": [{"id": "toolu_9", "name": "execute", "arguments": {"command": "ls -la /tmp"}}],
+        }
+    )
+    client = anthropic.Anthropic(base_url=simulator.root_url, api_key="unused", max_retries=0)
+
+    events = list(
+        client.messages.create(model="m", max_tokens=50, messages=[{"role": "user", "content": "go"}], stream=True)
+    )
+
+    kinds = [e.type for e in events]
+    assert kinds[0] == "message_start" and kinds[-2:] == ["message_delta", "message_stop"]
+    deltas = [e.delta for e in events if e.type == "content_block_delta"]
+    assert {d.type for d in deltas} == {"thinking_delta", "signature_delta", "text_delta", "input_json_delta"}
+    fragments = [d.partial_json for d in deltas if d.type == "input_json_delta"]
+    assert len(fragments) >= 2 and json.loads("".join(fragments)) == {"command": "ls -la /tmp"}
+    assert events[-2].delta.stop_reason == "tool_use" and events[-2].usage.output_tokens > 0
+
+
+def test_anthropic_errors_use_anthropic_error_json_and_retry_after(simulator):
+    simulator.enqueue({"error": {"status": 429, "message": "slow down", "retry_after": 4}})
+
+    response = httpx2.post(f"{simulator.root_url}/v1/messages", json={"model": "m", "messages": [], "stream": True})
+
+    assert response.status_code == 429 and response.headers["retry-after"] == "4"
+    assert response.json() == {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}
+
+
+def test_azure_deployment_path_answers_the_azure_sdk_with_the_api_key_header(keyed_simulator):
+    keyed_simulator.enqueue({"text": "azure says hi"})
+    client = openai.AzureOpenAI(
+        azure_endpoint=keyed_simulator.root_url, api_version="2024-10-21", api_key=SECRET_KEY, max_retries=0
+    )
+
+    completion = client.chat.completions.create(model="my-deployment", messages=[{"role": "user", "content": "hi"}])
+    refused = httpx2.post(
+        f"{keyed_simulator.root_url}/openai/deployments/my-deployment/chat/completions?api-version=2024-10-21",
+        json={"messages": []},
+        headers={"api-key": "wrong-key-000000000"},
+    )
+
+    assert completion.choices[0].message.content == "azure says hi"
+    [logged] = keyed_simulator.request_log
+    assert logged["path"] == "/openai/deployments/my-deployment/chat/completions?api-version=2024-10-21"
+    assert logged["headers"]["api-key"] == "****7890"
+    assert refused.status_code == 401 and "Access denied" in refused.json()["error"]["message"]

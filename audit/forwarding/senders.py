@@ -1,0 +1,355 @@
+"""One sender per destination kind: Splunk HEC, signed HTTPS webhook, syslog (RFC 5424 over TCP or TLS).
+
+A sender's `send(rows)` returns only once the receiver acknowledged every event of the batch, and raises
+`DeliveryError` otherwise (the caller then keeps its cursor where it was: the whole batch is sent again).
+Only the standard library is used (http.client, socket, ssl).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import http.client
+import json
+import re
+import socket
+import ssl
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from django.conf import settings
+
+from audit.chain import format_time
+from audit.forwarding.events import event_as_json
+from audit.models import AuditDestination, DestinationKind, Outcome
+
+HEC_PATH = "/services/collector/event"
+HEC_SOURCE = "airlock"
+HEC_SOURCETYPE = "airlock:audit"
+SYSLOG_APP_NAME = "airlock"
+SYSLOG_SD_ID = "airlock@32473"
+SYSLOG_DEFAULT_FACILITY = 13  # "log audit"
+# Severity by outcome: success = informational, failure = notice, denied = warning.
+SYSLOG_SEVERITY = {Outcome.SUCCESS: 6, Outcome.FAILURE: 5, Outcome.DENIED: 4}
+MAX_RESPONSE_BYTES = 64 * 1024
+USER_AGENT = "airlock-audit-forwarder"
+
+
+class DeliveryError(Exception):
+    """The receiver did not acknowledge a batch; the message never holds a secret."""
+
+
+class Sender(Protocol):
+    """Sends a batch of events to one destination."""
+
+    def send(self, rows: Sequence[Any]) -> None:
+        """Deliver every row or raise DeliveryError."""
+
+
+def _timeout() -> float:
+    return float(getattr(settings, "AUDIT_FORWARDING_TIMEOUT_SECONDS", 10))
+
+
+def _json_bytes(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8")
+
+
+def tls_context(ca_certificate: str) -> ssl.SSLContext:
+    """A client TLS context that trusts the given PEM bundle, or the system's CAs when it is empty."""
+    return ssl.create_default_context(cadata=ca_certificate or None)
+
+
+def hec_endpoint(url: str) -> str:
+    """The HEC event endpoint for a URL given as a base (`https://splunk:8088`) or as the full endpoint."""
+    parts = urlsplit(url)
+    path = parts.path.rstrip("/")
+    if not path.endswith("/services/collector/event") and not path.endswith("/services/collector/event/1.0"):
+        path = path + HEC_PATH
+    return parts._replace(path=path).geturl()
+
+
+def _describe_os_error(exc: BaseException, where: str) -> str:
+    reason = getattr(exc, "strerror", None) or exc.__class__.__name__
+    if isinstance(exc, ssl.SSLError):
+        reason = getattr(exc, "reason", None) or str(exc)
+    elif isinstance(exc, TimeoutError | socket.timeout):
+        reason = "timed out"
+    return f"cannot deliver to {where}: {reason}"
+
+
+def _post(url: str, body: bytes, headers: dict[str, str], ca_certificate: str) -> tuple[int, bytes]:
+    """POST a body and return (status, first bytes of the answer); DeliveryError when nothing usable came back."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    where = f"{host}:{parts.port}" if parts.port else host
+    timeout = _timeout()
+    if parts.scheme == "https":
+        connection: http.client.HTTPConnection = http.client.HTTPSConnection(
+            host, parts.port, timeout=timeout, context=tls_context(ca_certificate)
+        )
+    else:
+        connection = http.client.HTTPConnection(host, parts.port, timeout=timeout)
+    target = parts.path or "/"
+    if parts.query:
+        target += "?" + parts.query
+    try:
+        connection.request(
+            "POST",
+            target,
+            body=body,
+            headers={"User-Agent": USER_AGENT, "Content-Length": str(len(body)), **headers},
+        )
+        response = connection.getresponse()
+        answer = response.read(MAX_RESPONSE_BYTES)
+        return response.status, answer
+    except http.client.HTTPException as exc:
+        raise DeliveryError(
+            f"cannot deliver to {where}: the receiver closed the connection without an answer "
+            f"({exc.__class__.__name__})"
+        ) from None
+    except OSError as exc:
+        raise DeliveryError(_describe_os_error(exc, where)) from None
+    finally:
+        connection.close()
+
+
+def _answer_excerpt(answer: bytes) -> str:
+    text = answer.decode("utf-8", "replace").strip().replace("\n", " ")
+    return text[:200]
+
+
+@dataclass
+class SplunkHecSender:
+    """Splunk HTTP Event Collector: one POST per batch, newline-separated event objects, `{"code": 0}` is success."""
+
+    url: str
+    token: str
+    ca_certificate: str = ""
+    index: str = ""
+    hostname: str = ""
+    organization_slug: str = ""
+
+    def body(self, rows: Sequence[Any]) -> bytes:
+        """The HEC payload: one JSON object per event, separated by newlines."""
+        lines = []
+        for row in rows:
+            item: dict[str, Any] = {
+                "time": round(row.occurred_at.timestamp(), 6),
+                "host": self.hostname,
+                "source": HEC_SOURCE,
+                "sourcetype": HEC_SOURCETYPE,
+                "event": event_as_json(row, organization_slug=self.organization_slug),
+            }
+            if self.index:
+                item["index"] = self.index
+            lines.append(_json_bytes(item))
+        return b"\n".join(lines)
+
+    def send(self, rows: Sequence[Any]) -> None:
+        """POST the batch; success only on HTTP 200 with `{"code": 0}`."""
+        endpoint = hec_endpoint(self.url)
+        status, answer = _post(
+            endpoint,
+            self.body(rows),
+            {"Authorization": f"Splunk {self.token}", "Content-Type": "application/json"},
+            self.ca_certificate,
+        )
+        try:
+            parsed = json.loads(answer or b"null")
+        except ValueError:
+            parsed = None
+        code = parsed.get("code") if isinstance(parsed, dict) else None
+        if status == 200 and code == 0:
+            return
+        text = parsed.get("text") if isinstance(parsed, dict) else _answer_excerpt(answer)
+        detail = f"{text} (code {code})" if code is not None else (text or "no HEC answer")
+        raise DeliveryError(f"Splunk HEC answered HTTP {status}: {detail}")
+
+
+def webhook_signature(secret: str, body: bytes) -> str:
+    """The X-Airlock-Signature header value: `sha256=` and the hex HMAC-SHA256 of the raw body."""
+    return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+
+
+@dataclass
+class WebhookSender:
+    """A JSON POST `{"events": [...]}` signed with HMAC-SHA256; any 2xx is success."""
+
+    url: str
+    secret: str
+    ca_certificate: str = ""
+    organization_slug: str = ""
+
+    def send(self, rows: Sequence[Any]) -> None:
+        """POST the batch with its signature, timestamp and delivery id."""
+        slug = self.organization_slug
+        body = _json_bytes({"events": [event_as_json(row, organization_slug=slug) for row in rows]})
+        headers = {
+            "Content-Type": "application/json",
+            "X-Airlock-Signature": webhook_signature(self.secret, body),
+            "X-Airlock-Timestamp": str(int(time.time())),
+            "X-Airlock-Delivery": str(uuid.uuid4()),
+        }
+        status, answer = _post(self.url, body, headers, self.ca_certificate)
+        if 200 <= status < 300:
+            return
+        excerpt = _answer_excerpt(answer)
+        raise DeliveryError(f"webhook answered HTTP {status}" + (f": {excerpt}" if excerpt else ""))
+
+
+_NOT_PRINTUSASCII = re.compile(r"[^\x21-\x7e]")
+
+
+def _syslog_token(text: str, limit: int) -> str:
+    """An RFC 5424 header field: printable US-ASCII without spaces, cut to its limit, `-` when empty."""
+    clean = _NOT_PRINTUSASCII.sub("_", text)[:limit]
+    return clean or "-"
+
+
+def _sd_value(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
+
+
+def syslog_message(
+    row: Any, *, hostname: str, facility: int = SYSLOG_DEFAULT_FACILITY, organization_slug: str = ""
+) -> bytes:
+    """One RFC 5424 message: `<PRI>1 TIMESTAMP HOSTNAME airlock - ACTION [airlock@32473 seq id] JSON`."""
+    severity = SYSLOG_SEVERITY.get(row.outcome, 5)
+    header = " ".join(
+        [
+            f"<{facility * 8 + severity}>1",
+            format_time(row.occurred_at),
+            _syslog_token(hostname, 255),
+            SYSLOG_APP_NAME,
+            "-",
+            _syslog_token(row.action, 32),
+        ]
+    )
+    structured = (
+        f'[{SYSLOG_SD_ID} seq="{row.sequence}" id="{_sd_value(str(row.id))}" '
+        f'org="{row.organization_id}" outcome="{_sd_value(str(row.outcome))}"]'
+    )
+    return f"{header} {structured} ".encode() + _json_bytes(event_as_json(row, organization_slug=organization_slug))
+
+
+def octet_frame(message: bytes) -> bytes:
+    """RFC 6587 octet counting: `MSG-LEN SP SYSLOG-MSG`."""
+    return str(len(message)).encode("ascii") + b" " + message
+
+
+@dataclass
+class SyslogSender:
+    """RFC 5424 over TCP or TLS, octet-counted (RFC 6587), one message per event, one connection per batch.
+
+    Syslog has no application-level acknowledgement: after writing the batch the sender half-closes the
+    connection and waits for the receiver to close its side, which it does only after reading everything.
+    A reset or a timeout instead means the batch was not (entirely) received.
+    """
+
+    host: str
+    port: int
+    use_tls: bool = False
+    ca_certificate: str = ""
+    hostname: str = ""
+    facility: int = SYSLOG_DEFAULT_FACILITY
+    organization_slug: str = ""
+
+    def send(self, rows: Sequence[Any]) -> None:
+        """Write the framed messages, half-close, and wait for the receiver's close."""
+        payload = b"".join(
+            octet_frame(
+                syslog_message(
+                    row, hostname=self.hostname, facility=self.facility, organization_slug=self.organization_slug
+                )
+            )
+            for row in rows
+        )
+        where = f"{self.host}:{self.port}"
+        timeout = _timeout()
+        try:
+            raw = socket.create_connection((self.host, self.port), timeout=timeout)
+        except OSError as exc:
+            raise DeliveryError(_describe_os_error(exc, where)) from None
+        sock: socket.socket = raw
+        try:
+            if self.use_tls:
+                sock = tls_context(self.ca_certificate).wrap_socket(raw, server_hostname=self.host)
+            sock.sendall(payload)
+            # A TCP half-close (on a TLS socket too: SSLSocket.shutdown drops TLS and half-closes the transport).
+            sock.shutdown(socket.SHUT_WR)
+            while True:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    return
+        except ssl.SSLError as exc:
+            raise DeliveryError(_describe_os_error(exc, where)) from None
+        except OSError as exc:
+            raise DeliveryError(_describe_os_error(exc, where)) from None
+        finally:
+            sock.close()
+            raw.close()
+
+
+def build_sender(destination: AuditDestination, secret: str) -> Sender:
+    """The sender for a destination, given its decrypted secret."""
+    options = destination.options or {}
+    hostname = str(options.get("hostname") or socket.gethostname())
+    slug = destination.organization.slug
+    if destination.kind == DestinationKind.SPLUNK_HEC:
+        return SplunkHecSender(
+            url=destination.url,
+            token=secret,
+            ca_certificate=destination.ca_certificate,
+            index=str(options.get("index") or ""),
+            hostname=hostname,
+            organization_slug=slug,
+        )
+    if destination.kind == DestinationKind.WEBHOOK:
+        return WebhookSender(
+            url=destination.url, secret=secret, ca_certificate=destination.ca_certificate, organization_slug=slug
+        )
+    if destination.kind == DestinationKind.SYSLOG:
+        return SyslogSender(
+            host=destination.host,
+            port=int(destination.port or 0),
+            use_tls=destination.use_tls,
+            ca_certificate=destination.ca_certificate,
+            hostname=hostname,
+            facility=int(options.get("facility", SYSLOG_DEFAULT_FACILITY)),
+            organization_slug=slug,
+        )
+    raise DeliveryError(f"unknown destination kind {destination.kind!r}")
+
+
+def scrub(message: str, secret: str) -> str:
+    """An error message without the secret in it (receivers sometimes echo what they were sent)."""
+    if secret and len(secret) >= 4:
+        message = message.replace(secret, "****")
+    return message[:1000]
+
+
+def probe_row(destination: AuditDestination) -> Any:
+    """A synthetic event (sequence 0, never stored) that `destinations test` sends."""
+    from audit.models import ActorType, AuditEvent
+
+    return AuditEvent(
+        id=uuid.uuid4(),
+        organization_id=destination.organization_id,
+        sequence=0,
+        occurred_at=dt.datetime.now(dt.UTC),
+        action="audit.destination_test",
+        outcome=Outcome.SUCCESS,
+        actor_type=ActorType.SYSTEM,
+        actor_display="airlock",
+        target_type="audit.auditdestination",
+        target_id=str(destination.pk),
+        target_display=destination.name,
+        data={"message": "Test message from Airlock: this destination receives the audit trail."},
+        prev_hash="0" * 64,
+        hash="0" * 64,
+    )

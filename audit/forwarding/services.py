@@ -1,0 +1,443 @@
+"""Writes to SIEM destinations: owners only, validated per kind, secrets encrypted and write-only, audited.
+
+A new destination starts at the organization's current head (it receives events from now on) unless
+`options={"replay_from": N}` asks for history: delivery then starts at sequence N (0 or 1: the whole log,
+as far as retention kept it). `replay_from` is an instruction, not stored in `options`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+from urllib.parse import urlsplit
+
+from cryptography import x509
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import IntegrityError, transaction
+
+import audit
+from audit.forwarding import forget_destinations, schedule_forwarding
+from audit.forwarding.delivery import head_sequence
+from audit.forwarding.senders import DeliveryError, build_sender, probe_row, scrub
+from audit.models import AuditDestination, DestinationKind, Outcome
+from audit.services import Actor, AgentActor, SystemActor
+from organizations.models import Organization
+from organizations.permissions import require_permission
+from providers.crypto import decrypt_secret, encrypt_secret, secret_hint
+
+MANAGE_ACTION = "org.manage"  # owners (and superusers)
+MAX_SECRET_LENGTH = 4096
+MAX_CA_LENGTH = 200_000
+KNOWN_OPTIONS = {
+    DestinationKind.SPLUNK_HEC: {"index", "hostname"},
+    DestinationKind.WEBHOOK: set(),
+    DestinationKind.SYSLOG: {"facility", "hostname"},
+}
+SECRET_NAME = {DestinationKind.SPLUNK_HEC: "HEC token", DestinationKind.WEBHOOK: "HMAC secret"}
+
+
+def _require_owner(actor: Actor, organization: Organization) -> None:
+    """Owners (and superusers) only; Airlock itself (SystemActor, e.g. the CLI) is trusted."""
+    if actor is None or isinstance(actor, SystemActor):
+        return
+    if isinstance(actor, AgentActor):
+        raise PermissionDenied("The agent may not change audit destinations.")
+    require_permission(actor, organization, MANAGE_ACTION)
+
+
+def masked_secret(secret: str) -> str:
+    """How a destination secret may appear in audit rows: "****" and at most its last four characters."""
+    return "****" + secret_hint(secret)
+
+
+def _validate_name(organization: Organization, name: str, exclude_pk: Any = None) -> str:
+    clean = (name or "").strip()
+    if not clean:
+        raise ValidationError({"name": "Give the destination a name (e.g. splunk-prod)."})
+    if len(clean) > 100:
+        raise ValidationError({"name": "The name is longer than 100 characters."})
+    taken = AuditDestination.objects.filter(organization=organization, name=clean)
+    if exclude_pk is not None:
+        taken = taken.exclude(pk=exclude_pk)
+    if taken.exists():
+        raise ValidationError({"name": f"{organization.slug} already has a destination named {clean!r}: pick another."})
+    return clean
+
+
+def _validate_url(url: str, kind: str) -> str:
+    clean = (url or "").strip()
+    example = (
+        "e.g. https://splunk.internal:8088"
+        if kind == DestinationKind.SPLUNK_HEC
+        else "e.g. https://siem.internal/hooks"
+    )
+    if not clean:
+        raise ValidationError({"url": f"Give the receiver's URL ({example})."})
+    if len(clean) > 500:
+        raise ValidationError({"url": "The URL is longer than 500 characters."})
+    if any(ch.isspace() for ch in clean):
+        raise ValidationError({"url": f"The URL contains spaces ({example})."})
+    try:
+        parts = urlsplit(clean)
+        _ = parts.port
+    except ValueError:
+        raise ValidationError({"url": f"The URL has an invalid port ({example})."}) from None
+    if parts.scheme not in ("http", "https"):
+        raise ValidationError({"url": f"The URL must start with https:// or http:// ({example})."})
+    if not parts.hostname:
+        raise ValidationError({"url": f"The URL has no host name ({example})."})
+    if parts.username or parts.password:
+        raise ValidationError({"url": "Remove the user name / password from the URL: give the secret as `secret`."})
+    if parts.fragment:
+        raise ValidationError({"url": "Remove the #fragment from the URL."})
+    return clean
+
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
+
+
+def _validate_host(host: str) -> str:
+    clean = (host or "").strip().strip("[]")
+    if not clean:
+        raise ValidationError({"host": "Give the syslog receiver's host name or IP address (e.g. siem.internal)."})
+    try:
+        ipaddress.ip_address(clean)
+        return clean
+    except ValueError:
+        pass
+    if not _HOSTNAME.match(clean):
+        raise ValidationError(
+            {"host": f"{clean[:80]!r} is not a host name or IP address: give only the host (the port goes in port)."}
+        )
+    return clean
+
+
+def _validate_port(port: Any) -> int:
+    try:
+        value = int(port)
+    except (TypeError, ValueError):
+        value = 0
+    if isinstance(port, bool) or not 1 <= value <= 65535:
+        raise ValidationError({"port": "Give the syslog receiver's TCP port, 1 to 65535 (often 514, or 6514 for TLS)."})
+    return value
+
+
+def validate_ca_certificate(pem: str) -> str:
+    """A PEM bundle of one or more X.509 certificates, stripped; else ValidationError on `ca_certificate`."""
+    clean = (pem or "").strip()
+    if not clean:
+        return ""
+    if len(clean) > MAX_CA_LENGTH:
+        raise ValidationError({"ca_certificate": "The CA bundle is larger than 200 kB."})
+    if "PRIVATE KEY" in clean:
+        raise ValidationError(
+            {"ca_certificate": "This holds a private key: give only the CA certificate(s), BEGIN CERTIFICATE."}
+        )
+    try:
+        certificates = x509.load_pem_x509_certificates(clean.encode("utf-8"))
+    except ValueError:
+        certificates = []
+    if not certificates:
+        raise ValidationError(
+            {"ca_certificate": "Not a PEM certificate bundle: paste the CA certificate(s), BEGIN CERTIFICATE."}
+        )
+    return clean + "\n"
+
+
+def _validate_secret(secret: str, kind: str) -> str:
+    clean = (secret or "").strip()
+    if any(ch.isspace() or ord(ch) < 32 for ch in clean):
+        raise ValidationError({"secret": "The secret contains spaces or line breaks: paste only the token itself."})
+    if len(clean) > MAX_SECRET_LENGTH:
+        raise ValidationError({"secret": "The secret is longer than 4096 characters."})
+    if kind == DestinationKind.WEBHOOK and clean and len(clean) < 16:
+        raise ValidationError({"secret": "An HMAC secret needs at least 16 characters (32 random bytes are best)."})
+    return clean
+
+
+def _validate_options(options: Any, kind: str) -> dict[str, Any]:
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise ValidationError({"options": 'Options must be a JSON object, e.g. {"index": "airlock"}.'})
+    allowed = KNOWN_OPTIONS.get(kind, set())
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        known = ", ".join(sorted(allowed)) or "none"
+        raise ValidationError({"options": f"Unknown option(s) {', '.join(unknown)} for {kind}; known: {known}."})
+    clean: dict[str, Any] = {}
+    for key, value in options.items():
+        if key == "facility":
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 23:
+                raise ValidationError(
+                    {"options": "facility must be a syslog facility number, 0 to 23 (13: log audit)."}
+                )
+            clean[key] = value
+        else:
+            if not isinstance(value, str) or len(value) > 255 or any(ch.isspace() for ch in value):
+                raise ValidationError({"options": f"{key} must be a word of at most 255 characters, without spaces."})
+            if value:
+                clean[key] = value
+    return clean
+
+
+def _validate_replay_from(value: Any, organization: Organization) -> int:
+    """The cursor a replay starts after: replay_from N sends events from sequence N on."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValidationError({"options": "replay_from must be a sequence number, 0 or more (0: the whole history)."})
+    head = head_sequence(organization.pk)
+    if value > head + 1:
+        raise ValidationError({"options": f"replay_from {value} is past the log's head (#{head})."})
+    return max(value - 1, 0)
+
+
+def _check_complete(destination: AuditDestination, secret: str) -> None:
+    """Per kind: the fields a destination needs to deliver."""
+    kind = destination.kind
+    if kind in (DestinationKind.SPLUNK_HEC, DestinationKind.WEBHOOK):
+        destination.url = _validate_url(destination.url, kind)
+        if not secret:
+            raise ValidationError({"secret": f"Give the {SECRET_NAME[kind]}: it is required for {kind}."})
+        if destination.host or destination.port:
+            raise ValidationError({"host": f"{kind} is reached by url; host and port are for syslog."})
+    else:
+        destination.host = _validate_host(destination.host)
+        destination.port = _validate_port(destination.port)
+        if destination.url:
+            raise ValidationError({"url": "syslog is reached by host and port; url is for splunk-hec and webhook."})
+        if secret:
+            raise ValidationError(
+                {"secret": "syslog takes no secret: authenticate the receiver with use_tls and ca_certificate."}
+            )
+    if destination.ca_certificate and not (destination.use_tls or destination.url.startswith("https://")):
+        raise ValidationError(
+            {"ca_certificate": "A CA bundle only applies over TLS: set use_tls or use an https:// URL."}
+        )
+
+
+def _public_fields(destination: AuditDestination) -> dict[str, Any]:
+    """The destination's settings as audit rows show them (the secret only masked)."""
+    return {
+        "name": destination.name,
+        "kind": destination.kind,
+        "url": destination.url,
+        "host": destination.host,
+        "port": destination.port,
+        "use_tls": destination.use_tls,
+        "ca_certificate": "present" if destination.ca_certificate else "",
+        "secret_hint": ("****" + destination.secret_hint) if destination.secret_encrypted else "",
+        "options": dict(destination.options or {}),
+        "enabled": destination.enabled,
+    }
+
+
+def _after_commit(organization_id: int) -> None:
+    forget_destinations(organization_id)
+    schedule_forwarding(organization_id)
+
+
+@transaction.atomic
+def destination_create(
+    *,
+    actor: Actor,
+    organization: Organization,
+    name: str,
+    kind: str,
+    url: str = "",
+    host: str = "",
+    port: int | None = None,
+    use_tls: bool = False,
+    ca_certificate: str = "",
+    secret: str = "",
+    options: dict[str, Any] | None = None,
+    enabled: bool = True,
+) -> AuditDestination:
+    """Add a SIEM destination; it receives events from the current head on unless options ask for `replay_from`."""
+    _require_owner(actor, organization)
+    if kind not in DestinationKind.values:
+        raise ValidationError({"kind": f"Unknown kind {kind!r}: use one of {', '.join(DestinationKind.values)}."})
+    options = dict(options or {}) if isinstance(options, dict) else options
+    replay = options.pop("replay_from", None) if isinstance(options, dict) else None
+    clean_secret = _validate_secret(secret, kind)
+    destination = AuditDestination(
+        organization=organization,
+        name=_validate_name(organization, name),
+        kind=kind,
+        url=(url or "").strip(),
+        host=(host or "").strip(),
+        port=port,
+        use_tls=bool(use_tls),
+        ca_certificate=validate_ca_certificate(ca_certificate),
+        secret_encrypted=encrypt_secret(clean_secret) if clean_secret else "",
+        secret_hint=secret_hint(clean_secret) if clean_secret else "",
+        options=_validate_options(options, kind),
+        enabled=bool(enabled),
+    )
+    _check_complete(destination, clean_secret)
+    # Lock the chain head so that no event slips between reading the head and the destination's first cursor.
+    from audit.models import AuditChainHead
+
+    head, _ = AuditChainHead.objects.select_for_update().get_or_create(organization_id=organization.pk)
+    destination.delivered_sequence = head.sequence if replay is None else _validate_replay_from(replay, organization)
+    try:
+        with transaction.atomic():
+            destination.save(force_insert=True)
+    except IntegrityError:
+        raise ValidationError(
+            {"name": f"{organization.slug} already has a destination named {destination.name!r}: pick another."}
+        ) from None
+    data = _public_fields(destination)
+    data["starts_after_sequence"] = destination.delivered_sequence
+    audit.record(
+        action="audit.destination_created", actor=actor, organization=organization, target=destination, data=data
+    )
+    transaction.on_commit(partial(_after_commit, organization.pk))
+    return destination
+
+
+_UNSET: Any = object()
+
+
+@transaction.atomic
+def destination_update(
+    *,
+    actor: Actor,
+    destination: AuditDestination,
+    name: str | None = None,
+    url: str | None = None,
+    host: str | None = None,
+    port: int | None = _UNSET,
+    use_tls: bool | None = None,
+    ca_certificate: str | None = None,
+    secret: str | None = None,
+    options: dict[str, Any] | None = None,
+    enabled: bool | None = None,
+) -> AuditDestination:
+    """Change a destination's settings; a non-empty `secret` replaces the stored one (the kind never changes)."""
+    organization = destination.organization
+    _require_owner(actor, organization)
+    destination = AuditDestination.objects.select_for_update().get(pk=destination.pk)
+    before = _public_fields(destination)
+    if name is not None:
+        destination.name = _validate_name(organization, name, exclude_pk=destination.pk)
+    if url is not None:
+        destination.url = url.strip()
+    if host is not None:
+        destination.host = host.strip()
+    if port is not _UNSET:
+        destination.port = port
+    if use_tls is not None:
+        destination.use_tls = bool(use_tls)
+    if ca_certificate is not None:
+        destination.ca_certificate = validate_ca_certificate(ca_certificate)
+    if options is not None:
+        if isinstance(options, dict) and "replay_from" in options:
+            raise ValidationError({"options": "replay_from applies when a destination is created."})
+        destination.options = _validate_options(options, destination.kind)
+    if enabled is not None:
+        destination.enabled = bool(enabled)
+    new_secret = _validate_secret(secret, destination.kind) if secret else ""
+    if new_secret:
+        destination.secret_encrypted = encrypt_secret(new_secret)
+        destination.secret_hint = secret_hint(new_secret)
+    current_secret = new_secret or (
+        decrypt_secret(destination.secret_encrypted) if destination.secret_encrypted else ""
+    )
+    _check_complete(destination, current_secret)
+    after = _public_fields(destination)
+    changes = {key: {"before": before[key], "after": after[key]} for key in after if before[key] != after[key]}
+    if new_secret and "secret_hint" not in changes:
+        changes["secret_hint"] = {"before": before["secret_hint"], "after": after["secret_hint"]}
+    if not changes:
+        return destination
+    if new_secret:
+        changes["secret_hint"]["rotated"] = True
+    # A failing destination that was reconfigured is worth trying again at once.
+    destination.next_attempt_at = None
+    try:
+        with transaction.atomic():
+            destination.save()
+    except IntegrityError:
+        raise ValidationError(
+            {"name": f"{organization.slug} already has a destination named {destination.name!r}."}
+        ) from None
+    audit.record(
+        action="audit.destination_updated",
+        actor=actor,
+        organization=organization,
+        target=destination,
+        data={"changes": changes},
+    )
+    transaction.on_commit(partial(_after_commit, organization.pk))
+    return destination
+
+
+@transaction.atomic
+def destination_set_enabled(*, actor: Actor, destination: AuditDestination, enabled: bool) -> AuditDestination:
+    """Pause or resume forwarding; a paused destination keeps its cursor and catches up when resumed."""
+    organization = destination.organization
+    _require_owner(actor, organization)
+    destination = AuditDestination.objects.select_for_update().get(pk=destination.pk)
+    if destination.enabled == bool(enabled):
+        return destination
+    destination.enabled = bool(enabled)
+    destination.next_attempt_at = None
+    destination.save(update_fields=["enabled", "next_attempt_at"])
+    audit.record(
+        action="audit.destination_enabled" if enabled else "audit.destination_disabled",
+        actor=actor,
+        organization=organization,
+        target=destination,
+        data={"enabled": {"before": not destination.enabled, "after": destination.enabled}},
+    )
+    transaction.on_commit(partial(_after_commit, organization.pk))
+    return destination
+
+
+@transaction.atomic
+def destination_delete(*, actor: Actor, destination: AuditDestination) -> None:
+    """Remove a destination; events already sent stay sent, nothing more is forwarded to it."""
+    organization = destination.organization
+    _require_owner(actor, organization)
+    destination = AuditDestination.objects.select_for_update().get(pk=destination.pk)
+    data = _public_fields(destination)
+    data["delivered_sequence"] = destination.delivered_sequence
+    audit.record(
+        action="audit.destination_deleted", actor=actor, organization=organization, target=destination, data=data
+    )
+    destination.delete()
+    transaction.on_commit(partial(forget_destinations, organization.pk))
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """What a test message to a destination did."""
+
+    ok: bool
+    error: str = ""
+
+
+def destination_test(*, actor: Actor, destination: AuditDestination) -> ProbeResult:
+    """Send one synthetic event (sequence 0, never stored) to the destination; audited, cursor untouched."""
+    organization = destination.organization
+    _require_owner(actor, organization)
+    secret = decrypt_secret(destination.secret_encrypted) if destination.secret_encrypted else ""
+    try:
+        build_sender(destination, secret).send([probe_row(destination)])
+        result = ProbeResult(ok=True)
+    except DeliveryError as exc:
+        result = ProbeResult(ok=False, error=scrub(str(exc), secret))
+    with transaction.atomic():
+        audit.record(
+            action="audit.destination_tested",
+            actor=actor,
+            organization=organization,
+            target=destination,
+            outcome=Outcome.SUCCESS if result.ok else Outcome.FAILURE,
+            error=result.error,
+            data={"kind": destination.kind},
+        )
+    return result

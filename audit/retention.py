@@ -1,0 +1,287 @@
+"""Retention and legal hold: the one privileged, audited path that removes audit events.
+
+`audit_purge` deletes an organization's events older than its retention, but never:
+- anything while a legal hold is on (the skipped purge is recorded);
+- an event an enabled SIEM destination has not acknowledged yet (past the lowest `delivered_sequence`);
+- the event of the newest signed checkpoint (older checkpointed events may go: the chain anchor then vouches
+  for where the remaining chain starts, and the newest checkpoint still proves the tail);
+- the chain's last event.
+
+In one transaction it locks the chain head, moves the head's anchor (`anchor_sequence`/`anchor_hash`) to the last
+purged event, deletes the events up to it and records `audit.purged` (range, count, old and new anchor).
+Verification then starts from the anchor. On PostgreSQL the append-only trigger lets a DELETE through only when
+the transaction set `airlock.audit_purge` and only for events at or before the anchor (migration 0004).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from dataclasses import dataclass, field
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import connection, transaction
+
+from audit.models import AuditChainHead, AuditCheckpoint, AuditDestination, AuditEvent, AuditSettings
+from audit.services import Actor, AgentActor, SystemActor, record
+from organizations.models import Organization
+from organizations.permissions import require_permission
+
+MAX_RETENTION_DAYS = 36_500
+PURGE_SETTING = "airlock.audit_purge"
+
+
+class _Keep(enum.Enum):
+    KEEP = "keep"
+
+
+# Pass KEEP (the default) for a setting `audit_retention_update` should leave as it is.
+KEEP = _Keep.KEEP
+
+
+def _require_owner(actor: Actor, organization: Organization) -> None:
+    """Operators (SystemActor: shell access) pass; users must be owners; agents never change retention."""
+    if isinstance(actor, SystemActor):
+        return
+    if actor is None or isinstance(actor, AgentActor) or not isinstance(actor, AbstractBaseUser):
+        raise PermissionDenied("Only an owner or the operator may change audit retention or purge the audit log.")
+    require_permission(actor, organization, "org.manage")
+
+
+def _retention_state(settings_row: AuditSettings) -> dict[str, object]:
+    return {
+        "retention_days": settings_row.retention_days,
+        "legal_hold": settings_row.legal_hold,
+        "legal_hold_reason": settings_row.legal_hold_reason,
+    }
+
+
+@transaction.atomic
+def audit_retention_update(
+    *,
+    actor: Actor,
+    organization: Organization,
+    retention_days: int | None | _Keep = KEEP,
+    legal_hold: bool | _Keep = KEEP,
+    legal_hold_reason: str | _Keep = KEEP,
+) -> AuditSettings:
+    """Change retention days (None: keep forever) and the legal hold (on needs a reason); audited with before/after."""
+    _require_owner(actor, organization)
+    settings_row, _ = AuditSettings.objects.select_for_update().get_or_create(organization_id=organization.pk)
+    before = _retention_state(settings_row)
+    if retention_days is not KEEP:
+        if retention_days is not None and (
+            isinstance(retention_days, bool) or not isinstance(retention_days, int) or retention_days < 1
+        ):
+            raise ValidationError(
+                {"retention_days": f"must be a whole number of days, 1 or more, got {retention_days!r}"}
+            )
+        if retention_days is not None and retention_days > MAX_RETENTION_DAYS:
+            raise ValidationError(
+                {"retention_days": f"at most {MAX_RETENTION_DAYS} days; to keep events forever, clear it instead"}
+            )
+        settings_row.retention_days = retention_days
+    reason = None if legal_hold_reason is KEEP else " ".join(str(legal_hold_reason).split())
+    release_reason = ""
+    if legal_hold is not KEEP:
+        if legal_hold:
+            if not (reason or (settings_row.legal_hold and settings_row.legal_hold_reason)):
+                raise ValidationError({"legal_hold_reason": "a legal hold needs a reason (for example a case number)"})
+            settings_row.legal_hold = True
+            if reason:
+                settings_row.legal_hold_reason = reason
+        else:
+            release_reason = reason or ""
+            settings_row.legal_hold = False
+            settings_row.legal_hold_reason = ""
+    elif reason is not None:
+        if not settings_row.legal_hold:
+            raise ValidationError({"legal_hold_reason": "a reason goes with turning the legal hold on"})
+        if not reason:
+            raise ValidationError({"legal_hold_reason": "a legal hold needs a reason; it cannot be emptied"})
+        settings_row.legal_hold_reason = reason
+    after = _retention_state(settings_row)
+    if after == before:
+        return settings_row
+    settings_row.save(update_fields=["retention_days", "legal_hold", "legal_hold_reason", "updated_at"])
+    data: dict[str, object] = {"before": before, "after": after}
+    if release_reason:
+        data["release_reason"] = release_reason
+    record(action="audit.retention_updated", actor=actor, organization=organization, target=organization, data=data)
+    return settings_row
+
+
+@dataclass(frozen=True)
+class PurgeResult:
+    """What a purge did (or, in a dry run, would do), with the reasons anything expired was kept."""
+
+    organization_slug: str
+    dry_run: bool
+    purged: int = 0
+    from_sequence: int | None = None
+    to_sequence: int | None = None
+    anchor_sequence: int = 0
+    anchor_hash: str = ""
+    cutoff: dt.datetime | None = None
+    expired_through: int | None = None
+    skipped: str = ""
+    kept: list[str] = field(default_factory=list)
+    event_sequence: int | None = None
+
+    def summary(self) -> str:
+        """One paragraph for the CLI and the logs."""
+        verb = "would purge" if self.dry_run else "purged"
+        if self.skipped:
+            text = f"{self.organization_slug}: nothing purged: {self.skipped}"
+        elif self.purged:
+            text = (
+                f"{self.organization_slug}: {verb} {self.purged} events "
+                f"(#{self.from_sequence} to #{self.to_sequence}); "
+                f"the chain now starts after anchor #{self.anchor_sequence} {self.anchor_hash[:12]}"
+            )
+        else:
+            text = f"{self.organization_slug}: nothing to purge"
+        if self.kept:
+            text += "; kept: " + "; ".join(self.kept)
+        return text
+
+
+def _seq_range(low: int, high: int) -> str:
+    return f"#{low}" if low == high else f"#{low} to #{high}"
+
+
+@transaction.atomic
+def audit_purge(
+    *, organization: Organization, actor: Actor, now: dt.datetime | None = None, dry_run: bool = False
+) -> PurgeResult:
+    """Delete events older than the organization's retention through the one privileged path; records `audit.purged`."""
+    _require_owner(actor, organization)
+    now = now or dt.datetime.now(dt.UTC)
+    slug = organization.slug
+    settings_row = AuditSettings.objects.filter(organization_id=organization.pk).first()
+    if dry_run:
+        head = AuditChainHead.objects.filter(organization_id=organization.pk).first()
+    else:
+        head = AuditChainHead.objects.select_for_update().filter(organization_id=organization.pk).first()
+    anchor_sequence = head.anchor_sequence if head else 0
+    anchor_hash = head.anchor_hash if head else ""
+    base = {
+        "organization_slug": slug,
+        "dry_run": dry_run,
+        "anchor_sequence": anchor_sequence,
+        "anchor_hash": anchor_hash,
+    }
+
+    if settings_row is None or settings_row.retention_days is None:
+        return PurgeResult(**base, skipped="no retention is set (events are kept forever)")
+    if settings_row.legal_hold:
+        skipped = f"legal hold is on ({settings_row.legal_hold_reason})"
+        if dry_run:
+            return PurgeResult(**base, skipped=skipped)
+        event = record(
+            action="audit.purge_skipped",
+            actor=actor,
+            organization=organization,
+            data={"reason": "legal hold", "legal_hold_reason": settings_row.legal_hold_reason},
+        )
+        return PurgeResult(**base, skipped=skipped, event_sequence=event.sequence)
+    cutoff = now - dt.timedelta(days=settings_row.retention_days)
+    base["cutoff"] = cutoff
+    if head is None or head.sequence <= anchor_sequence:
+        return PurgeResult(**base)
+
+    events = AuditEvent.objects.filter(organization_id=organization.pk, sequence__gt=anchor_sequence)
+    # Everything before the first event that is still within retention has expired (clocks never make us delete
+    # a young event that happens to sit behind an older one).
+    first_young = (
+        events.filter(sequence__lte=head.sequence, occurred_at__gte=cutoff)
+        .order_by("sequence")
+        .values_list("sequence", flat=True)
+        .first()
+    )
+    expired_through = head.sequence if first_young is None else first_young - 1
+    base["expired_through"] = expired_through if expired_through > anchor_sequence else None
+    if expired_through <= anchor_sequence:
+        return PurgeResult(**base)
+
+    upper, kept = expired_through, []
+    destination = (
+        AuditDestination.objects.filter(organization_id=organization.pk, enabled=True)
+        .order_by("delivered_sequence", "name")
+        .values_list("name", "delivered_sequence")
+        .first()
+    )
+    if destination is not None and destination[1] < upper:
+        name, delivered = destination
+        kept.append(f"{_seq_range(delivered + 1, upper)} not yet delivered to SIEM destination {name!r}")
+        upper = delivered
+    checkpoint = (
+        AuditCheckpoint.objects.filter(organization_id=organization.pk)
+        .order_by("-sequence", "-signed_at")
+        .values_list("sequence", flat=True)
+        .first()
+    )
+    if checkpoint is not None and checkpoint <= upper:
+        kept.append(f"{_seq_range(checkpoint, upper)}: from the event of the newest signed checkpoint #{checkpoint} on")
+        upper = checkpoint - 1
+    if upper >= head.sequence:
+        kept.append(f"#{head.sequence}: the chain's last event is always kept")
+        upper = head.sequence - 1
+    if upper <= anchor_sequence:
+        return PurgeResult(**base, kept=kept)
+
+    low = anchor_sequence + 1
+    new_anchor_hash = events.filter(sequence=upper).values_list("hash", flat=True).first()
+    if new_anchor_hash is None:
+        raise RuntimeError(
+            f"Audit event #{upper} of {slug} is missing; run `audit verify --org {slug}` before purging."
+        )
+    count = events.filter(sequence__lte=upper).count()
+    if dry_run:
+        return PurgeResult(
+            **{**base, "anchor_sequence": upper, "anchor_hash": new_anchor_hash},
+            purged=count,
+            from_sequence=low,
+            to_sequence=upper,
+            kept=kept,
+        )
+
+    # The anchor moves first: the trigger only lets through events at or before it.
+    head.anchor_sequence, head.anchor_hash = upper, new_anchor_hash
+    head.save(update_fields=["anchor_sequence", "anchor_hash"])
+    postgres = connection.vendor == "postgresql"
+    with connection.cursor() as cursor:
+        if postgres:
+            cursor.execute(f"SET LOCAL {PURGE_SETTING} = 'on'")
+        deleted, _ = events.filter(sequence__lte=upper).delete()
+        if postgres:
+            cursor.execute(f"SET LOCAL {PURGE_SETTING} = 'off'")
+    event = record(
+        action="audit.purged",
+        actor=actor,
+        organization=organization,
+        data={
+            "from_sequence": low,
+            "to_sequence": upper,
+            "count": deleted,
+            "cutoff": cutoff.isoformat(),
+            "retention_days": settings_row.retention_days,
+            "previous_anchor": {"sequence": anchor_sequence, "hash": anchor_hash},
+            "anchor": {"sequence": upper, "hash": new_anchor_hash},
+            "kept": kept,
+        },
+    )
+    return PurgeResult(
+        **{**base, "anchor_sequence": upper, "anchor_hash": new_anchor_hash},
+        purged=deleted,
+        from_sequence=low,
+        to_sequence=upper,
+        kept=kept,
+        event_sequence=event.sequence,
+    )
+
+
+def organizations_with_retention() -> list[Organization]:
+    """Organizations that set a retention (those under legal hold included, so that the skip is recorded)."""
+    return list(Organization.objects.filter(audit_settings__retention_days__isnull=False).order_by("slug"))

@@ -1,0 +1,279 @@
+"""Benchmark: hash-chained `audit.record()` events per second with 8 concurrent writers, against plain INSERTs.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/airlock .venv/bin/python bench/audit_ingest.py [--events N]
+
+Runs in a database of its own (`airlock_bench`, or AIRLOCK_BENCH_DB), created and migrated by the script; its
+audit tables are emptied at the start. Four runs, each with 8 writer processes (fresh connections, no GIL):
+
+- record(), all 8 writers in one organization (they queue on that organization's chain head);
+- record(), 8 organizations, one writer each;
+- plain INSERTs of the same rows (one INSERT per transaction, same columns and indexes, no chain) in one
+  organization and in 8.
+
+Targets (issue 4): at least 5,000 events/s per organization, and at least half the plain-INSERT rate.
+`--profile` adds a cProfile of record() in one process (where the time goes per event).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import multiprocessing
+import os
+import pstats
+import sys
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+WRITERS = 8
+TARGET_PER_ORG = 5000.0
+TARGET_RATIO = 0.5
+PLAIN_TABLE = "bench_plain_auditevent"
+
+
+def bench_database_url() -> str:
+    """DATABASE_URL pointed at the benchmark's own database, created if missing."""
+    url = os.environ.get("DATABASE_URL", "")
+    if not url.startswith(("postgres://", "postgresql://")):
+        sys.exit("Set DATABASE_URL to a PostgreSQL server, e.g. postgres://postgres@127.0.0.1:5432/airlock")
+    name = os.environ.get("AIRLOCK_BENCH_DB", "airlock_bench")
+    parts = urlsplit(url)
+    import psycopg
+
+    admin = urlunsplit(parts._replace(path="/postgres"))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}"')
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def setup_django() -> None:
+    """Settings for the benchmark database; migrate it."""
+    os.environ["DATABASE_URL"] = bench_database_url()
+    os.environ["DJANGO_SETTINGS_MODULE"] = "portal.settings.test"
+    os.environ.setdefault("AIRLOCK_DATA_DIR", "/tmp/airlock-bench")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+def reset(org_count: int) -> list[int]:
+    """Empty the audit tables (TRUNCATE is not refused by the append-only trigger) and return the bench orgs' ids."""
+    from django.db import connection
+
+    from organizations.models import Organization
+
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE audit_auditevent, audit_auditchainhead, audit_auditcheckpoint")
+        cursor.execute(f"DROP TABLE IF EXISTS {PLAIN_TABLE}")
+        # Same columns and indexes as the event table; no trigger, no foreign keys, no chain.
+        cursor.execute(f"CREATE TABLE {PLAIN_TABLE} (LIKE audit_auditevent INCLUDING ALL)")
+    ids = []
+    for index in range(org_count):
+        org, _ = Organization.objects.get_or_create(slug=f"bench-ingest-{index}", defaults={"name": f"Bench {index}"})
+        ids.append(org.pk)
+    return ids
+
+
+def event_data(index: int) -> dict:
+    """A typical model.call payload."""
+    return {
+        "provider": "sim",
+        "model": "sim-model",
+        "tokens": {"in": 1200 + index % 97, "out": 300 + index % 13},
+        "cost": 0.0012,
+        "latency_ms": 812,
+        "retries": 0,
+        "response_text": "Here is the change you asked for: " + "x" * 200,
+    }
+
+
+# Workers (forked; each opens its own connection) ------------------------------------------------------------
+
+
+def record_worker(task: tuple[int, int, int, float]) -> float:
+    """Write `count` events with audit.record(), each in its own transaction; returns the seconds taken."""
+    org_id, count, worker, start_at = task
+    from django.db import connection
+
+    from audit.services import AgentActor, record
+    from organizations.models import Organization
+
+    connection.close()
+    organization = Organization.objects.get(pk=org_id)
+    actor = AgentActor(user=_BenchUser(), session_id=str(uuid.uuid4()))
+    _wait(start_at)
+    began = time.perf_counter()
+    for index in range(count):
+        record(action="model.call", actor=actor, organization=organization, data=event_data(index), model_call_id=index)
+    elapsed = time.perf_counter() - began
+    connection.close()
+    return elapsed
+
+
+def plain_worker(task: tuple[int, int, int, float]) -> float:
+    """INSERT the same rows without the chain (disjoint sequence numbers), one per transaction (autocommit)."""
+    org_id, count, worker, start_at = task
+    import datetime as dt
+    import json
+
+    from django.db import connection
+
+    connection.close()
+    columns = (
+        "id, organization_id, sequence, occurred_at, action, outcome, error, actor_type, actor_id, actor_display, "
+        "auth_method, source_ip, user_agent, request_id, target_type, target_id, target_display, session_id, "
+        "workspace_id, model_call_id, data, prev_hash, hash"
+    )
+    sql = f"INSERT INTO {PLAIN_TABLE} ({columns}) VALUES ({', '.join(['%s'] * 23)})"
+    session = str(uuid.uuid4())
+    _wait(start_at)
+    began = time.perf_counter()
+    with connection.cursor() as cursor:
+        for index in range(count):
+            cursor.execute(
+                sql,
+                [
+                    str(uuid.uuid4()),
+                    org_id,
+                    worker * 10_000_000 + index + 1,
+                    dt.datetime.now(dt.UTC),
+                    "model.call",
+                    "success",
+                    "",
+                    "agent",
+                    "1",
+                    f"agent acting for bench in session {session}",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    session,
+                    "",
+                    str(index),
+                    json.dumps(event_data(index)),
+                    "0" * 64,
+                    "f" * 64,
+                ],
+            )
+    elapsed = time.perf_counter() - began
+    connection.close()
+    return elapsed
+
+
+class _BenchUser:
+    """Enough of a user for an AgentActor (no row needed)."""
+
+    pk = 1
+
+    def get_username(self) -> str:
+        return "bench"
+
+
+def _wait(start_at: float) -> None:
+    delay = start_at - time.time()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def run(worker, org_ids: list[int], per_writer: int) -> tuple[float, float]:
+    """Start WRITERS processes together; returns (events per second overall, wall seconds)."""
+    from django.db import connections
+
+    connections.close_all()
+    start_at = time.time() + 1.0
+    tasks = [(org_ids[index % len(org_ids)], per_writer, index, start_at) for index in range(WRITERS)]
+    began = time.time()
+    with multiprocessing.get_context("fork").Pool(WRITERS) as pool:
+        pool.map(worker, tasks, chunksize=1)
+    wall = time.time() - max(began, start_at)
+    return WRITERS * per_writer / wall, wall
+
+
+def check_chains(org_ids: list[int], expected: int) -> None:
+    """The hashed runs must have produced intact, gapless chains."""
+    from audit.verify import verify_chain
+    from organizations.models import Organization
+
+    for org in Organization.objects.filter(pk__in=org_ids):
+        result = verify_chain(organization=org)
+        if not result.ok or result.head_sequence != expected:
+            sys.exit(f"chain of {org.slug} broken after the run: {result.reason} (head #{result.head_sequence})")
+
+
+def profile_record(org_id: int, count: int) -> str:
+    """cProfile of record() in this process, cumulative time, top entries."""
+    from audit.services import AgentActor, record
+    from organizations.models import Organization
+
+    organization = Organization.objects.get(pk=org_id)
+    actor = AgentActor(user=_BenchUser(), session_id=str(uuid.uuid4()))
+    profiler = cProfile.Profile()
+    began = time.perf_counter()
+    profiler.enable()
+    for index in range(count):
+        record(action="model.call", actor=actor, organization=organization, data=event_data(index))
+    profiler.disable()
+    elapsed = time.perf_counter() - began
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(30)
+    return f"one process, {count} events: {count / elapsed:,.0f} events/s under the profiler\n" + out.getvalue()
+
+
+def main() -> None:
+    """Run the four measurements and print figures, ratios and the verdict."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1000, help="events per writer (default 1000)")
+    parser.add_argument("--profile", action="store_true", help="also profile record() in one process")
+    args = parser.parse_args()
+    setup_django()
+    per_writer = args.events
+
+    results = {}
+    for label, worker, orgs in (
+        ("record(), 1 org", record_worker, 1),
+        ("record(), 8 orgs", record_worker, WRITERS),
+        ("plain INSERT, 1 org", plain_worker, 1),
+        ("plain INSERT, 8 orgs", plain_worker, WRITERS),
+    ):
+        org_ids = reset(WRITERS)[:orgs]
+        rate, wall = run(worker, org_ids, per_writer)
+        if worker is record_worker:
+            check_chains(org_ids, WRITERS * per_writer // orgs)
+        results[label] = rate
+        per_org = rate / orgs
+        print(
+            f"{label:22s} {WRITERS} writers x {per_writer} events: {rate:8,.0f} events/s total, "
+            f"{per_org:8,.0f} per organization ({wall:.2f} s)",
+            flush=True,
+        )
+
+    one, many = results["record(), 1 org"], results["record(), 8 orgs"]
+    plain_one, plain_many = results["plain INSERT, 1 org"], results["plain INSERT, 8 orgs"]
+    print()
+    print(f"ratio record()/plain INSERT, 1 org:  {one / plain_one:.2f} (target >= {TARGET_RATIO})")
+    print(f"ratio record()/plain INSERT, 8 orgs: {many / plain_many:.2f} (target >= {TARGET_RATIO})")
+    print(f"per organization, 1 org:  {one:,.0f} events/s (target >= {TARGET_PER_ORG:,.0f})")
+    print(f"per organization, 8 orgs: {many / WRITERS:,.0f} events/s (target >= {TARGET_PER_ORG:,.0f})")
+    met = one >= TARGET_PER_ORG and one / plain_one >= TARGET_RATIO and many / plain_many >= TARGET_RATIO
+    print("targets met" if met else "targets NOT met")
+    if args.profile:
+        org_ids = reset(1)
+        print()
+        print(profile_record(org_ids[0], 2000))
+
+
+if __name__ == "__main__":
+    main()

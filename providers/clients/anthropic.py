@@ -1,0 +1,318 @@
+"""The Anthropic Messages adapter, on the official `anthropic` SDK.
+
+Vendor types stay in this module: neutral messages go in (tool results become `tool_result` blocks in a user
+turn, assistant tool calls `tool_use` blocks), neutral events come out (text, reasoning from extended thinking,
+tool calls assembled from `input_json_delta` fragments, usage with cache tokens, a stop reason), and every SDK
+error leaves as a ModelCallError whose message never contains the API key.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import anthropic
+import httpx2
+
+from providers.clients.base import (
+    ModelCallError,
+    ReasoningDelta,
+    StreamEvent,
+    TextDelta,
+    ToolCallRequest,
+    ToolSpec,
+    TurnEnd,
+    Usage,
+)
+from providers.clients.openai_compatible import (
+    NO_KEY,
+    ErrorContext,
+    key_digest,
+    pooled_client,
+    provider_api_key,
+    request_headers,
+    sdk_timeout,
+)
+
+if TYPE_CHECKING:
+    from providers.models import LanguageModel, Provider
+
+ANTHROPIC_BASE_URL = "https://api.anthropic.com"
+DEFAULT_MAX_TOKENS = 4096
+INTERRUPTED_RESULT = "(no result: the call was interrupted)"
+
+STOP_REASONS: dict[str, str] = {
+    "end_turn": "end_turn",
+    "stop_sequence": "end_turn",
+    "pause_turn": "end_turn",
+    "tool_use": "tool_use",
+    "max_tokens": "max_tokens",
+    "model_context_window_exceeded": "max_tokens",
+    "refusal": "content_filter",
+}
+
+TRANSPORT_ERRORS = (anthropic.AnthropicError, httpx2.HTTPError, httpx2.InvalidURL, OSError)
+
+
+async def client_for(*, base_url: str, api_key: str) -> anthropic.AsyncAnthropic:
+    """The cached SDK client of this event loop for an endpoint and key; the SDK never retries (we do)."""
+    timeout, connect = sdk_timeout()
+    key = ("anthropic", base_url, key_digest(api_key), timeout)
+
+    def make() -> anthropic.AsyncAnthropic:
+        return anthropic.AsyncAnthropic(
+            base_url=base_url,
+            api_key=api_key,
+            max_retries=0,
+            timeout=httpx2.Timeout(timeout, connect=connect),
+        )
+
+    return await pooled_client(key, make)
+
+
+def wire_tools(tools: list[ToolSpec]) -> list[dict[str, Any]]:
+    """Tool specs in the Messages API `tools` shape."""
+    return [{"name": t.name, "description": t.description, "input_schema": t.parameters} for t in tools]
+
+
+def _tool_input(arguments: Any) -> dict[str, Any]:
+    if isinstance(arguments, dict):
+        return arguments
+    try:
+        parsed = json.loads(arguments) if isinstance(arguments, str) and arguments.strip() else {}
+    except ValueError:
+        parsed = {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def wire_messages(system: str, messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """(system prompt, messages) in the Messages API shape.
+
+    Turns alternate user/assistant: consecutive messages of one role are merged, tool results travel as
+    `tool_result` blocks in the next user turn, a system message later in the conversation joins the system
+    prompt, and a tool call that never got its result gets a stand-in result (the API rejects it otherwise).
+    """
+    system_parts = [system] if system else []
+    wire: list[dict[str, Any]] = []
+    unanswered: list[str] = []
+
+    def append(role: str, blocks: list[dict[str, Any]]) -> None:
+        if wire and wire[-1]["role"] == role:
+            wire[-1]["content"].extend(blocks)
+        else:
+            wire.append({"role": role, "content": blocks})
+
+    def close_unanswered() -> None:
+        if unanswered:
+            blocks = [{"type": "tool_result", "tool_use_id": i, "content": INTERRUPTED_RESULT} for i in unanswered]
+            append("user", blocks)
+            unanswered.clear()
+
+    for position, message in enumerate(messages):
+        role = message.get("role")
+        content = message.get("content") or ""
+        if role == "system":
+            if content:
+                system_parts.append(content)
+        elif role == "user":
+            close_unanswered()
+            append("user", [{"type": "text", "text": content or "(empty message)"}])
+        elif role == "assistant":
+            close_unanswered()
+            blocks: list[dict[str, Any]] = [{"type": "text", "text": content}] if content else []
+            for call in message.get("tool_calls") or []:
+                blocks.append(
+                    {
+                        "type": "tool_use",
+                        "id": call["id"],
+                        "name": call["name"],
+                        "input": _tool_input(call.get("arguments")),
+                    }
+                )
+                unanswered.append(call["id"])
+            if blocks:
+                append("assistant", blocks)
+        elif role == "tool":
+            call_id = message.get("tool_call_id") or ""
+            if call_id in unanswered:
+                unanswered.remove(call_id)
+            append("user", [{"type": "tool_result", "tool_use_id": call_id, "content": content or "(no output)"}])
+        else:
+            raise ValueError(f"Message {position} has role {role!r}: use user, assistant or tool.")
+    close_unanswered()
+    return "\n\n".join(system_parts), wire
+
+
+def request_options(model: LanguageModel) -> dict[str, Any]:
+    """max_tokens, temperature and extended thinking from the model's settings."""
+    options = model.options if isinstance(model.options, dict) else {}
+    max_tokens = int(model.max_output_tokens or DEFAULT_MAX_TOKENS)
+    params: dict[str, Any] = {}
+    budget = options.get("thinking_budget_tokens")
+    if budget:
+        budget = int(budget)
+        # The budget counts toward max_tokens and must stay below it; the API also refuses a temperature with it.
+        max_tokens = max(max_tokens, budget + DEFAULT_MAX_TOKENS)
+        params["thinking"] = {"type": "enabled", "budget_tokens": budget}
+    elif options.get("temperature") is not None:
+        # This SDK no longer types `temperature` (newer models refuse sampling parameters): send it as is.
+        params["extra_body"] = {"temperature": float(options["temperature"])}
+    params["max_tokens"] = max_tokens
+    return params
+
+
+class _Blocks:
+    """Tool-use blocks assembled from `input_json_delta` fragments, by content block index."""
+
+    def __init__(self) -> None:
+        self.tools: dict[int, dict[str, Any]] = {}
+
+    def start(self, index: int, block: Any) -> None:
+        """Open a tool_use block."""
+        self.tools[index] = {"id": block.id or "", "name": block.name or "", "fragments": []}
+
+    def extend(self, index: int, partial_json: str) -> None:
+        """Add one fragment of a tool_use block's input."""
+        slot = self.tools.get(index)
+        if slot is not None and partial_json:
+            slot["fragments"].append(partial_json)
+
+    def requests(self) -> list[ToolCallRequest]:
+        """The complete calls, in block order."""
+        calls = []
+        for index in sorted(self.tools):
+            slot = self.tools[index]
+            raw = "".join(slot["fragments"])
+            try:
+                parsed = json.loads(raw) if raw.strip() else {}
+            except ValueError:
+                parsed = {}
+            calls.append(
+                ToolCallRequest(
+                    id=slot["id"] or f"toolu_{uuid.uuid4().hex[:24]}",
+                    name=slot["name"],
+                    arguments=parsed if isinstance(parsed, dict) else {},
+                    raw_arguments=raw,
+                )
+            )
+        return calls
+
+
+class _Tokens:
+    """Usage as it arrives: message_start gives the input, message_delta the (cumulative) output."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self.values = {
+            "input_tokens": 0,
+            "output_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": 0,
+        }
+
+    def update(self, usage: Any) -> None:
+        """Take every count the event reports."""
+        if usage is None:
+            return
+        self.seen = True
+        for name in self.values:
+            value = getattr(usage, name, None)
+            if value is not None:
+                self.values[name] = int(value)
+
+    def usage(self) -> Usage:
+        """The neutral Usage."""
+        v = self.values
+        return Usage(
+            input_tokens=v["input_tokens"],
+            output_tokens=v["output_tokens"],
+            cache_read_tokens=v["cache_read_input_tokens"],
+            cache_write_tokens=v["cache_creation_input_tokens"],
+        )
+
+
+async def stream(
+    *,
+    provider: Provider,
+    model: LanguageModel,
+    system: str,
+    messages: list[dict[str, Any]],
+    tools: list[ToolSpec],
+    correlation: dict[str, str],
+) -> AsyncIterator[StreamEvent]:
+    """One streamed Messages API call, as neutral events."""
+    api_key = provider_api_key(provider)
+    base_url = provider.base_url or ANTHROPIC_BASE_URL
+    context = ErrorContext(provider=provider, model=model, api_key=api_key, base_url=base_url, sdk=anthropic)
+    client = await client_for(base_url=base_url, api_key=api_key or NO_KEY)
+    system_prompt, wire = wire_messages(system, messages)
+    request: dict[str, Any] = {"model": model.identifier, "messages": wire, "stream": True, **request_options(model)}
+    if system_prompt:
+        request["system"] = system_prompt
+    if tools:
+        request["tools"] = wire_tools(tools)
+    headers = request_headers(provider, correlation)
+    try:
+        response = await client.messages.create(**request, extra_headers=headers or None)
+    except TRANSPORT_ERRORS as exc:
+        raise context.translate(exc, mid_stream=False) from None
+
+    blocks = _Blocks()
+    tokens = _Tokens()
+    stop_reason: str | None = None
+    finished = False
+    async with response:
+        iterator = response.__aiter__()
+        while True:
+            try:
+                event = await iterator.__anext__()
+            except StopAsyncIteration:
+                break
+            except TRANSPORT_ERRORS as exc:
+                raise context.translate(exc, mid_stream=True) from None
+            except (ValueError, TypeError):
+                raise ModelCallError(
+                    f"{context.host} sent something that is not a Messages API stream: is the base URL right "
+                    "(for Anthropic it has no /v1 at the end)?"
+                ) from None
+            kind = event.type
+            if kind == "content_block_delta":
+                delta = event.delta
+                if delta.type == "text_delta":
+                    if delta.text:
+                        yield TextDelta(delta.text)
+                elif delta.type == "thinking_delta":
+                    if delta.thinking:
+                        yield ReasoningDelta(delta.thinking)
+                elif delta.type == "input_json_delta":
+                    blocks.extend(event.index, delta.partial_json)
+            elif kind == "content_block_start":
+                block = event.content_block
+                if block.type == "tool_use":
+                    blocks.start(event.index, block)
+                elif block.type == "text" and block.text:
+                    yield TextDelta(block.text)
+                elif block.type == "thinking" and block.thinking:
+                    yield ReasoningDelta(block.thinking)
+            elif kind == "message_start":
+                tokens.update(event.message.usage)
+            elif kind == "message_delta":
+                tokens.update(event.usage)
+                if event.delta.stop_reason:
+                    stop_reason = event.delta.stop_reason
+            elif kind == "message_stop":
+                finished = True
+
+    if not finished and stop_reason is None:
+        raise ModelCallError(
+            f"The answer from {context.host} ended before the model finished: try again.", retryable=True
+        )
+    requests = blocks.requests()
+    for call in requests:
+        yield call
+    if tokens.seen:
+        yield tokens.usage()
+    reason = STOP_REASONS.get(stop_reason or "", "end_turn")
+    yield TurnEnd(stop_reason="tool_use" if requests and reason != "max_tokens" else reason)

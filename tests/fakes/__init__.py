@@ -1,0 +1,254 @@
+"""Loopback servers that speak vendors' real wire protocols, scripted turn by turn for tests.
+
+Every server takes the same turn format as providers/simulator.py; every key is optional:
+    text            the assistant's text, streamed in pieces of `chunk_chars` characters (default 4)
+    reasoning       thinking text streamed before the answer, where the protocol has it
+    tool_calls      [{"name": "execute", "arguments": {"command": "ls"}, "id": "call_1"}]
+    error           {"status": 429, "message": "...", "retry_after": 1}: answered instead of a stream
+    delay           seconds to wait before the first byte
+    chunk_delay     seconds to wait between streamed events
+    usage           {"input_tokens": 10, "output_tokens": 5, "cache_read_tokens": 0, "cache_write_tokens": 0}
+                    (prompt_tokens / completion_tokens are accepted too; default: estimated from characters)
+    finish_reason   the vendor's own stop value, overriding the one the turn implies
+    drop_after_chunks  close the connection after this many streamed events, mid-stream
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Self
+
+DEFAULT_CHUNK_CHARS = 4
+MAX_BODY_BYTES = 32 * 1024 * 1024
+SECRET_HEADERS = ("authorization", "x-goog-api-key", "x-api-key", "x-amz-security-token")
+
+
+def mask(secret: str) -> str:
+    """What a request log may show of a presented secret: its last four characters."""
+    return "****" + secret[-4:] if len(secret) >= 12 else "****"
+
+
+def estimate_tokens(text: str) -> int:
+    """A rough token count (four characters a token), at least one for non-empty text."""
+    return max(1, round(len(text) / 4)) if text else 0
+
+
+def turn_usage(turn: dict[str, Any], *, prompt_text: str, output_text: str) -> dict[str, int]:
+    """The usage a turn reports: scripted values, else estimates from the characters."""
+    usage = turn.get("usage") or {}
+    return {
+        "input_tokens": int(usage.get("input_tokens", usage.get("prompt_tokens", estimate_tokens(prompt_text)))),
+        "output_tokens": int(usage.get("output_tokens", usage.get("completion_tokens", estimate_tokens(output_text)))),
+        "cache_read_tokens": int(usage.get("cache_read_tokens", 0)),
+        "cache_write_tokens": int(usage.get("cache_write_tokens", 0)),
+    }
+
+
+def text_pieces(turn: dict[str, Any], key: str = "text") -> list[str]:
+    """A turn's text cut in the pieces it is streamed in."""
+    text = str(turn.get(key) or "")
+    size = max(1, int(turn.get("chunk_chars") or DEFAULT_CHUNK_CHARS))
+    return [text[start : start + size] for start in range(0, len(text), size)]
+
+
+class ConnectionDropped(Exception):
+    """The script asked to drop the connection mid-stream."""
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    """The HTTP server; handler threads reach the fake through `self.fake`."""
+
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], fake: ScriptedServer) -> None:
+        self.fake = fake
+        self.open_sockets: set[socket.socket] = set()
+        self.sockets_lock = threading.Lock()
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Remember the connection (so stop() can close it), then serve it in a thread."""
+        with self.sockets_lock:
+            self.open_sockets.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        """Forget a connection that has ended."""
+        with self.sockets_lock:
+            self.open_sockets.discard(request)
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client hanging up is normal; anything else is a bug worth printing."""
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        super().handle_error(request, client_address)
+
+    def close_open_connections(self) -> None:
+        """Close kept-alive client connections so that their handler threads end."""
+        with self.sockets_lock:
+            sockets = list(self.open_sockets)
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+class ScriptedHandler(BaseHTTPRequestHandler):
+    """Shared plumbing: quiet logging, JSON bodies, chunked streaming, scripted drops and delays."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    server: _HTTPServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Stay quiet: tests read stdout."""
+
+    def read_body(self) -> bytes | None:
+        """The raw request body, or None (after answering 400) when its length is wrong."""
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0 or length > MAX_BODY_BYTES:
+            self.send_bytes(400, b'{"message": "Send a body with a valid Content-Length."}', "application/json")
+            return None
+        return self.rfile.read(length) if length else b""
+
+    def send_bytes(self, status: int, data: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
+        """A complete (non-streamed) answer."""
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def stream_chunks(self, frames: list[bytes], turn: dict[str, Any], content_type: str) -> None:
+        """Send frames as HTTP chunks, pacing and dropping as the turn says."""
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        drop_after = turn.get("drop_after_chunks")
+        chunk_delay = float(turn.get("chunk_delay") or 0)
+        try:
+            for sent, frame in enumerate(frames):
+                if drop_after is not None and sent >= int(drop_after):
+                    raise ConnectionDropped
+                self.wfile.write(f"{len(frame):x}\r\n".encode() + frame + b"\r\n")
+                self.wfile.flush()
+                if chunk_delay:
+                    time.sleep(chunk_delay)
+            self.wfile.write(b"0\r\n\r\n")
+        except ConnectionDropped:
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+
+class ScriptedServer:
+    """A scripted vendor server on loopback; one turn is consumed per model request."""
+
+    handler_class: type[ScriptedHandler] = ScriptedHandler
+    thread_name = "fake-vendor"
+
+    def __init__(self, script: list[dict[str, Any]] | None = None, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self.port = port
+        self._lock = threading.Lock()
+        self._turns: list[dict[str, Any]] = [dict(turn) for turn in script or []]
+        self._requests: list[dict[str, Any]] = []
+        self._request_log: list[dict[str, Any]] = []
+        self._server: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Self:
+        """Bind the port and serve in a background thread."""
+        if self._server is not None:
+            return self
+        self._server = _HTTPServer((self.host, self.port), self.handler_class, self)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=self.thread_name, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close every open connection."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.close_open_connections()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        """The URL clients are pointed at (scheme, host and port)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def enqueue(self, *turns: dict[str, Any]) -> None:
+        """Append turns to the script; each model request consumes the first one."""
+        with self._lock:
+            self._turns.extend(dict(turn) for turn in turns)
+
+    @property
+    def pending_turns(self) -> int:
+        """How many scripted turns are left."""
+        with self._lock:
+            return len(self._turns)
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        """The JSON bodies of the model requests received (after authentication), oldest first."""
+        with self._lock:
+            return json.loads(json.dumps(self._requests))
+
+    @property
+    def request_log(self) -> list[dict[str, Any]]:
+        """Every model request's method, path, headers (secrets masked) and body, rejected ones included."""
+        with self._lock:
+            return json.loads(json.dumps(self._request_log))
+
+    def next_turn(self) -> dict[str, Any]:
+        """The next scripted turn (a short default answer when the script is empty)."""
+        with self._lock:
+            return self._turns.pop(0) if self._turns else {"text": "OK."}
+
+    def masked_header(self, name: str, value: str) -> str:
+        """A header's value as the request log shows it (secrets masked)."""
+        return mask(value) if name in SECRET_HEADERS else value
+
+    def record(self, handler: BaseHTTPRequestHandler, body: Any, *, accepted: bool) -> None:
+        """Log a request; accepted ones also join `requests`."""
+        headers = {name.lower(): self.masked_header(name.lower(), value) for name, value in handler.headers.items()}
+        entry = {"method": handler.command, "path": handler.path, "headers": headers, "body": body}
+        with self._lock:
+            self._request_log.append(entry)
+            if accepted:
+                self._requests.append(body)
