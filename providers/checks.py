@@ -43,7 +43,7 @@ import audit
 from audit.models import Outcome
 from audit.secrets import mask_secrets_in_text
 from audit.services import Actor
-from providers.crypto import decrypt_secret
+from portal.crypto import decrypt_secret
 from providers.models import LanguageModel, Provider, ProviderKind
 from providers.services import _require
 

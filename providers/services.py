@@ -22,7 +22,7 @@ import audit
 from audit.services import Actor, AgentActor, SystemActor
 from organizations.models import Membership, Organization
 from organizations.permissions import require_permission
-from providers.crypto import encrypt_secret, secret_hint
+from portal.crypto import encrypt_secret, secret_hint
 from providers.models import LanguageModel, Provider, ProviderKind
 
 MAX_CONTEXT_LIMIT = 2_147_483_647  # PositiveIntegerField's ceiling
@@ -894,7 +894,7 @@ def secrets_rotate(*, actor: Actor) -> dict[str, int]:
     from cryptography.fernet import InvalidToken
 
     from audit.models import AuditDestination
-    from providers.crypto import rotate_secret
+    from portal.crypto import rotate_secret
 
     reason = "re-encrypted under the first key of AIRLOCK_ENCRYPTION_KEYS"
     organizations: set[int] = set()

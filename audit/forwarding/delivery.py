@@ -27,7 +27,7 @@ from django.db.models.functions import Greatest
 
 from audit.forwarding.senders import DeliveryError, build_sender, scrub
 from audit.models import AuditChainHead, AuditDestination, AuditEvent
-from providers.crypto import decrypt_secret
+from portal.crypto import decrypt_secret
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from audit.models import AuditDestination, DestinationKind, Outcome
 from audit.services import Actor, AgentActor, SystemActor
 from organizations.models import Organization
 from organizations.permissions import require_permission
-from providers.crypto import decrypt_secret, encrypt_secret, secret_hint
+from portal.crypto import decrypt_secret, encrypt_secret, secret_hint
 
 MANAGE_ACTION = "org.manage"  # owners (and superusers)
 MAX_SECRET_LENGTH = 4096

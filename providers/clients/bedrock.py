@@ -26,6 +26,7 @@ from botocore.config import Config
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
+from portal.crypto import decrypt_secret
 from providers.clients.base import (
     ModelCallError,
     ReasoningDelta,
@@ -37,7 +38,6 @@ from providers.clients.base import (
     Usage,
     endpoint_host,
 )
-from providers.crypto import decrypt_secret
 
 if TYPE_CHECKING:
     from providers.models import LanguageModel, Provider

@@ -29,6 +29,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
+from portal.crypto import decrypt_secret
 from providers.clients.base import (
     ModelCallError,
     ReasoningDelta,
@@ -40,7 +41,6 @@ from providers.clients.base import (
     Usage,
     endpoint_host,
 )
-from providers.crypto import decrypt_secret
 
 if TYPE_CHECKING:
     from providers.models import LanguageModel, Provider

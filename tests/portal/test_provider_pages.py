@@ -12,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 
 from audit.models import AuditEvent
 from organizations.models import Organization
-from providers.crypto import decrypt_secret
+from portal.crypto import decrypt_secret
 from providers.models import LanguageModel, Provider
 from providers.services import model_create, provider_create
 from providers.simulator import ModelSimulator

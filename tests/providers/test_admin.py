@@ -7,7 +7,7 @@ from django.test import Client
 
 from audit.models import AuditEvent
 from organizations.models import Role
-from providers.crypto import decrypt_secret
+from portal.crypto import decrypt_secret
 from providers.models import LanguageModel, Provider
 from providers.services import model_create, provider_create
 from tests.factories import ProviderFactory, UserFactory, make_member

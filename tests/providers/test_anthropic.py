@@ -5,6 +5,7 @@ from __future__ import annotations
 import anthropic
 import pytest
 
+from portal.crypto import encrypt_secret
 from providers.clients import (
     CallSummary,
     ModelCallError,
@@ -15,7 +16,6 @@ from providers.clients import (
     Usage,
     stream_turn,
 )
-from providers.crypto import encrypt_secret
 from providers.models import LanguageModel
 from tests.factories import LanguageModelFactory
 from tests.providers.conftest import EXECUTE, SECRET_KEY

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from portal.crypto import encrypt_secret
 from providers.clients import CallSummary, ModelCallError, ReasoningDelta, TextDelta, TurnEnd, Usage, stream_turn
-from providers.crypto import encrypt_secret
 from providers.models import LanguageModel
 from tests.factories import LanguageModelFactory
 from tests.providers.conftest import EXECUTE, SECRET_KEY

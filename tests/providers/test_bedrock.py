@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 from botocore.eventstream import EventStreamBuffer
 
+from portal.crypto import encrypt_secret
 from providers.clients import (
     CallSummary,
     ModelCallError,
@@ -21,7 +22,6 @@ from providers.clients import (
     Usage,
     stream_turn,
 )
-from providers.crypto import encrypt_secret
 from providers.models import LanguageModel
 from tests.factories import LanguageModelFactory
 from tests.fakes.bedrock_server import FakeBedrock, encode_message

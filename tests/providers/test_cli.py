@@ -10,7 +10,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from audit.models import AuditEvent
-from providers.crypto import decrypt_secret
+from portal.crypto import decrypt_secret
 from providers.models import LanguageModel, Provider
 from providers.services import provider_create
 from providers.simulator import ModelSimulator

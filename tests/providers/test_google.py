@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from portal.crypto import encrypt_secret
 from providers.clients import (
     CallSummary,
     ModelCallError,
@@ -18,7 +19,6 @@ from providers.clients import (
     Usage,
     stream_turn,
 )
-from providers.crypto import encrypt_secret
 from providers.models import LanguageModel
 from tests.factories import LanguageModelFactory
 from tests.fakes.gemini_server import FAKE_THOUGHT_SIGNATURE, FakeGemini

@@ -19,9 +19,9 @@ from rest_framework.test import APIClient
 
 from audit.models import AuditDestination, AuditEvent
 from organizations.models import Role
+from portal.crypto import encrypt_secret, secret_hint
 from providers.checks import provider_check
 from providers.clients import ModelCallError, stream_turn
-from providers.crypto import encrypt_secret, secret_hint
 from providers.models import LanguageModel, Provider
 from providers.services import model_create, provider_create, provider_update
 from providers.simulator import ModelSimulator

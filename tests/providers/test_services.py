@@ -10,7 +10,7 @@ from django.db import connection
 
 from audit.models import AuditEvent
 from audit.services import AgentActor, SystemActor
-from providers.crypto import decrypt_secret
+from portal.crypto import decrypt_secret
 from providers.models import LanguageModel, Provider
 from providers.services import (
     model_create,
