@@ -278,18 +278,22 @@ def _help_text(prompt: str, *, offers_execute: bool, command: str | None) -> str
     return intro + how
 
 
-class _SimulatorServer(ThreadingHTTPServer):
-    """The HTTP server; handler threads reach the simulator through `self.simulator`."""
+class LoopbackServer(ThreadingHTTPServer):
+    """A threading HTTP server on loopback whose handlers reach the scripted object through `self.owner`.
+
+    Shared by the simulator and the tests' vendor fakes: it tracks open connections so that stop() can
+    end kept-alive handler threads, and treats a client hanging up as normal.
+    """
 
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], simulator: ModelSimulator) -> None:
-        self.simulator = simulator
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], owner: Any) -> None:
+        self.owner = owner
         self.open_sockets: set[socket.socket] = set()
         self.sockets_lock = threading.Lock()
-        super().__init__(address, _Handler)
+        super().__init__(address, handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Remember the connection (so stop() can close it), then serve it in a thread."""
@@ -318,14 +322,14 @@ class _SimulatorServer(ThreadingHTTPServer):
                 sock.shutdown(socket.SHUT_RDWR)
 
 
-class _ConnectionDropped(Exception):
+class ConnectionDropped(Exception):
     """The script asked to drop the connection mid-stream."""
 
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # each SSE event leaves at once, as a real streaming server sends it
-    server: _SimulatorServer
+    server: LoopbackServer
     server_version = "AirlockSimulator/1.0"
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -338,15 +342,15 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0].rstrip("/")
         if path == "/v1/models" and self.headers.get("anthropic-version"):
             if self._authorized(ANTHROPIC):
-                self._send_json(200, self.server.simulator.models_payload(ANTHROPIC))
+                self._send_json(200, self.server.owner.models_payload(ANTHROPIC))
         elif path == "/v1/models":
             if self._authorized(OPENAI):
-                self._send_json(200, self.server.simulator.models_payload())
+                self._send_json(200, self.server.owner.models_payload())
         elif path == "/openai/models":
             if self._authorized(AZURE):
-                self._send_json(200, self.server.simulator.models_payload())
+                self._send_json(200, self.server.owner.models_payload())
         elif path == "/_simulator/requests":
-            self._send_json(200, {"requests": self.server.simulator.request_log})
+            self._send_json(200, {"requests": self.server.owner.request_log})
         else:
             self._send_json(404, _error_body(404, f"Unknown path {path or '/'}", code="unknown_url"))
 
@@ -356,7 +360,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_json()
         if body is None:
             return
-        simulator = self.server.simulator
+        simulator = self.server.owner
         if path == "/v1/chat/completions":
             if not self._authorized(OPENAI):
                 return
@@ -417,7 +421,7 @@ class _Handler(BaseHTTPRequestHandler):
         return False
 
     def _authorized(self, protocol: str = OPENAI) -> bool:
-        expected = self.server.simulator.api_key
+        expected = self.server.owner.api_key
         if expected is None:
             return True
         if protocol == AZURE:
@@ -446,7 +450,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _key_matches(self, presented: str, protocol: str) -> bool:
         """Azure and Anthropic key checks, answered in the vendor's error shape."""
-        expected = self.server.simulator.api_key or ""
+        expected = self.server.owner.api_key or ""
         if presented and hmac.compare_digest(presented.encode(), expected.encode()):
             return True
         if protocol == ANTHROPIC:
@@ -527,7 +531,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             for chunk in chunks:
                 if drop_after is not None and sent >= int(drop_after):
-                    raise _ConnectionDropped
+                    raise ConnectionDropped
                 if isinstance(chunk, tuple):
                     self._write_event(json.dumps(chunk[1]), event=chunk[0])
                 else:
@@ -536,11 +540,11 @@ class _Handler(BaseHTTPRequestHandler):
                 if chunk_delay:
                     time.sleep(chunk_delay)
             if drop_after is not None and sent >= int(drop_after):
-                raise _ConnectionDropped
+                raise ConnectionDropped
             if done_marker:
                 self._write_event("[DONE]")
             self.wfile.write(b"0\r\n\r\n")
-        except _ConnectionDropped:
+        except ConnectionDropped:
             self.close_connection = True
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
@@ -813,7 +817,7 @@ class ModelSimulator:
         self._turns: list[dict[str, Any]] = [dict(turn) for turn in script or []]
         self._requests: list[dict[str, Any]] = []
         self._request_log: list[dict[str, Any]] = []
-        self._server: _SimulatorServer | None = None
+        self._server: LoopbackServer | None = None
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -822,7 +826,7 @@ class ModelSimulator:
         """Bind the port and serve in a background thread."""
         if self._server is not None:
             return self
-        self._server = _SimulatorServer((self.host, self.port), self)
+        self._server = LoopbackServer((self.host, self.port), _Handler, self)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="model-simulator", daemon=True

@@ -18,12 +18,13 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import TracebackType
 from typing import Any, Self
+
+from providers.simulator import ConnectionDropped, LoopbackServer
 
 DEFAULT_CHUNK_CHARS = 4
 MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -58,56 +59,12 @@ def text_pieces(turn: dict[str, Any], key: str = "text") -> list[str]:
     return [text[start : start + size] for start in range(0, len(text), size)]
 
 
-class ConnectionDropped(Exception):
-    """The script asked to drop the connection mid-stream."""
-
-
-class _HTTPServer(ThreadingHTTPServer):
-    """The HTTP server; handler threads reach the fake through `self.fake`."""
-
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], fake: ScriptedServer) -> None:
-        self.fake = fake
-        self.open_sockets: set[socket.socket] = set()
-        self.sockets_lock = threading.Lock()
-        super().__init__(address, handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        """Remember the connection (so stop() can close it), then serve it in a thread."""
-        with self.sockets_lock:
-            self.open_sockets.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        """Forget a connection that has ended."""
-        with self.sockets_lock:
-            self.open_sockets.discard(request)
-        super().shutdown_request(request)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client hanging up is normal; anything else is a bug worth printing."""
-        if isinstance(sys.exc_info()[1], OSError):
-            return
-        super().handle_error(request, client_address)
-
-    def close_open_connections(self) -> None:
-        """Close kept-alive client connections so that their handler threads end."""
-        with self.sockets_lock:
-            sockets = list(self.open_sockets)
-        for sock in sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-
 class ScriptedHandler(BaseHTTPRequestHandler):
     """Shared plumbing: quiet logging, JSON bodies, chunked streaming, scripted drops and delays."""
 
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
-    server: _HTTPServer
+    server: LoopbackServer
 
     def log_message(self, format: str, *args: Any) -> None:
         """Stay quiet: tests read stdout."""
@@ -171,14 +128,14 @@ class ScriptedServer:
         self._turns: list[dict[str, Any]] = [dict(turn) for turn in script or []]
         self._requests: list[dict[str, Any]] = []
         self._request_log: list[dict[str, Any]] = []
-        self._server: _HTTPServer | None = None
+        self._server: LoopbackServer | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> Self:
         """Bind the port and serve in a background thread."""
         if self._server is not None:
             return self
-        self._server = _HTTPServer((self.host, self.port), self.handler_class, self)
+        self._server = LoopbackServer((self.host, self.port), self.handler_class, self)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=self.thread_name, daemon=True

@@ -115,7 +115,7 @@ class BedrockHandler(ScriptedHandler):
         raw = self.read_body()
         if raw is None:
             return
-        fake: FakeBedrock = self.server.fake  # type: ignore[assignment]
+        fake: FakeBedrock = self.server.owner  # type: ignore[assignment]
         try:
             body = json.loads(raw or b"{}")
         except ValueError:
@@ -151,7 +151,7 @@ class BedrockHandler(ScriptedHandler):
 
     def _authenticated(self, raw: bytes) -> bool:
         """Check the SigV4 Authorization header against the known credentials, as AWS does."""
-        fake: FakeBedrock = self.server.fake  # type: ignore[assignment]
+        fake: FakeBedrock = self.server.owner  # type: ignore[assignment]
         header = self.headers.get("Authorization") or ""
         match = AUTH_HEADER.match(header.strip())
         if match is None:

@@ -74,7 +74,7 @@ class GeminiHandler(ScriptedHandler):
         """The model list and single-model lookups (what a connectivity check calls)."""
         path = self.path.split("?", 1)[0]
         match = MODELS_PATH.match(path)
-        fake: FakeGemini = self.server.fake  # type: ignore[assignment]
+        fake: FakeGemini = self.server.owner  # type: ignore[assignment]
         fake.record(self, None, accepted=False)
         if match is None:
             self._send_error(404, f"Unknown path {path}.")
@@ -92,7 +92,7 @@ class GeminiHandler(ScriptedHandler):
         raw = self.read_body()
         if raw is None:
             return
-        fake: FakeGemini = self.server.fake  # type: ignore[assignment]
+        fake: FakeGemini = self.server.owner  # type: ignore[assignment]
         path = self.path.split("?", 1)[0]
         try:
             body = json.loads(raw or b"{}")
@@ -126,7 +126,7 @@ class GeminiHandler(ScriptedHandler):
         self.stream_chunks(frames, turn, "text/event-stream")
 
     def _authorized(self) -> bool:
-        expected = self.server.fake.api_key  # type: ignore[attr-defined]
+        expected = self.server.owner.api_key  # type: ignore[attr-defined]
         if expected is None:
             return True
         presented = self.headers.get("x-goog-api-key") or ""
