@@ -9,7 +9,7 @@ from functools import partial
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import models, transaction
+from django.db import connections, models, router, transaction
 
 from audit import context as audit_context
 from audit.chain import chain_hash, clean_text, event_document, normalize
@@ -95,32 +95,71 @@ def record(
     for name, value in (("session_id", session_id), ("workspace_id", workspace_id), ("model_call_id", model_call_id)):
         if len(str(value or "")) > 64:
             raise ValueError(f"Audit {name} must be at most 64 characters, got {str(value)[:80]!r}")
+    # Everything that does not depend on the chain is prepared before the head is locked: the lock is held
+    # only for the hash and the write, so writers of one organization queue for as short a time as possible.
+    event = AuditEvent(
+        id=uuid.uuid4(),
+        organization_id=organization.pk,
+        action=action,
+        outcome=outcome,
+        error=_text(prepare_event_text(organization_id=organization.pk, text=str(error or "")), 4000),
+        auth_method=request.auth_method if not isinstance(actor, AgentActor | SystemActor) else "",
+        source_ip=_text(request.source_ip, 64),
+        user_agent=_text(request.user_agent, 500),
+        request_id=_text(request.request_id, 64),
+        session_id=str(session_id or ""),
+        workspace_id=str(workspace_id or ""),
+        model_call_id=str(model_call_id or ""),
+        data=normalize(prepare_event_data(organization_id=organization.pk, action=action, data=data or {})),
+        **_actor_fields(actor),
+        **_target_fields(target, organization_id=organization.pk),
+    )
     with transaction.atomic():
-        head, _ = AuditChainHead.objects.select_for_update().get_or_create(organization_id=organization.pk)
-        event = AuditEvent(
-            id=uuid.uuid4(),
-            organization_id=organization.pk,
-            sequence=head.sequence + 1,
-            occurred_at=dt.datetime.now(dt.UTC),
-            action=action,
-            outcome=outcome,
-            error=_text(prepare_event_text(organization_id=organization.pk, text=str(error or "")), 4000),
-            auth_method=request.auth_method if not isinstance(actor, AgentActor | SystemActor) else "",
-            source_ip=_text(request.source_ip, 64),
-            user_agent=_text(request.user_agent, 500),
-            request_id=_text(request.request_id, 64),
-            session_id=str(session_id or ""),
-            workspace_id=str(workspace_id or ""),
-            model_call_id=str(model_call_id or ""),
-            data=normalize(prepare_event_data(organization_id=organization.pk, action=action, data=data or {})),
-            prev_hash=head.hash,
-            **_actor_fields(actor),
-            **_target_fields(target, organization_id=organization.pk),
-        )
-        event.hash = chain_hash(head.hash, event_document(event))
-        event.save(force_insert=True)
-        head.sequence = event.sequence
-        head.hash = event.hash
-        head.save(update_fields=["sequence", "hash"])
+        head_sequence, head_hash = _lock_chain_head(organization.pk)
+        event.sequence = head_sequence + 1
+        event.occurred_at = dt.datetime.now(dt.UTC)  # taken under the lock: time follows the sequence
+        event.prev_hash = head_hash
+        event.hash = chain_hash(head_hash, event_document(event))
+        _append(event)
         transaction.on_commit(partial(schedule_forwarding, organization.pk))
     return event
+
+
+def _lock_chain_head(organization_id: int) -> tuple[int, str]:
+    """Lock the organization's chain head (created on first use) and return its sequence and hash."""
+    heads = AuditChainHead.objects.select_for_update().filter(organization_id=organization_id)
+    row = heads.values_list("sequence", "hash").first()
+    if row is None:
+        AuditChainHead.objects.get_or_create(organization_id=organization_id)
+        row = heads.values_list("sequence", "hash").first()
+    return row
+
+
+_APPEND_SQL: dict[str, str] = {}
+
+
+def _append(event: AuditEvent) -> None:
+    """Insert the event and move the chain head: one statement on PostgreSQL, two elsewhere."""
+    connection = connections[router.db_for_write(AuditEvent)]
+    if connection.vendor != "postgresql":
+        event.save(force_insert=True)
+        AuditChainHead.objects.filter(organization_id=event.organization_id).update(
+            sequence=event.sequence, hash=event.hash
+        )
+        return
+    fields = AuditEvent._meta.concrete_fields
+    sql = _APPEND_SQL.get("postgresql")
+    if sql is None:
+        columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
+        placeholders = ", ".join(["%s"] * len(fields))
+        # Table and column names come from the models; every value is a parameter.
+        event_table, head_table = AuditEvent._meta.db_table, AuditChainHead._meta.db_table
+        sql = _APPEND_SQL["postgresql"] = (
+            f"WITH appended AS (INSERT INTO {event_table} ({columns}) VALUES ({placeholders})) "  # noqa: S608
+            f"UPDATE {head_table} SET sequence = %s, hash = %s WHERE organization_id = %s"
+        )
+    values = [field.get_db_prep_save(getattr(event, field.attname), connection) for field in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*values, event.sequence, event.hash, event.organization_id])
+    event._state.adding = False
+    event._state.db = connection.alias
