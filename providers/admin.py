@@ -16,9 +16,6 @@ from organizations.models import Organization
 from organizations.permissions import has_permission, orgs_where_allowed
 from providers.models import LanguageModel, Provider
 from providers.services import (
-    PRICE_FIELDS,
-    _clean_base_url,
-    _clean_model_fields,
     model_create,
     model_delete,
     model_set_default,
@@ -26,6 +23,11 @@ from providers.services import (
     provider_create,
     provider_delete,
     provider_update,
+)
+from providers.validation import (
+    PRICE_FIELDS,
+    clean_base_url,
+    clean_model_fields,
     validate_api_key,
     validate_context_limit,
     validate_extra_headers,
@@ -159,7 +161,7 @@ class ProviderForm(forms.ModelForm):
                 ),
             )
         key = _report(self, lambda: validate_api_key(data.get("new_api_key") or ""))
-        url = _report(self, lambda: _clean_base_url(kind, data.get("base_url") or ""))
+        url = _report(self, lambda: clean_base_url(kind, data.get("base_url") or ""))
         _report(self, lambda: validate_extra_headers(data.get("extra_headers")))
         if self.errors:
             return data
@@ -327,7 +329,7 @@ class LanguageModelForm(forms.ModelForm):
         optional["compaction_threshold_percent"] = data.get("compaction_threshold_percent")
         _report(
             self,
-            lambda: _clean_model_fields(
+            lambda: clean_model_fields(
                 optional,
                 organization=provider.organization,
                 model=self.instance if self.instance.pk else None,

@@ -45,7 +45,7 @@ from audit.secrets import mask_secrets_in_text
 from audit.services import Actor
 from portal.crypto import decrypt_secret
 from providers.models import LanguageModel, Provider, ProviderKind
-from providers.services import _require
+from providers.services import require_actor_permission
 
 NETWORK_TIMEOUT_SECONDS = 5.0
 API_TIMEOUT_SECONDS = 10.0
@@ -556,7 +556,7 @@ def run_check(provider: Provider, model: LanguageModel | None = None) -> CheckRe
 def provider_check(*, actor: Actor, provider: Provider, model: LanguageModel | None = None) -> CheckResult:
     """Check that Airlock can reach and use a provider (and a model of it); audited as provider.checked."""
     organization = provider.organization
-    _require(actor, organization, "provider.manage")
+    require_actor_permission(actor, organization, "provider.manage")
     if model is not None and model.provider_id != provider.pk:
         raise ValidationError({"model": f"{model.display_name!r} is not a model of {provider.name!r}."})
     result = run_check(provider, model)  # network first: no transaction is held open while waiting on it

@@ -11,7 +11,7 @@ from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 
 from providers.models import LanguageModel, Provider, ProviderKind
-from providers.services import REASONING_EFFORTS
+from providers.validation import REASONING_EFFORTS
 
 # Which optional settings each kind uses (name and base_url are shown for every kind; api_key too).
 KIND_FIELDS: dict[str, frozenset[str]] = {
