@@ -291,6 +291,19 @@ class AgentTurn:
     async def _fail(self, message: str) -> None:
         await self.stream.emit("error", message=message)
         await self._set_status(SessionStatus.FAILED, message)
+        await sync_to_async(self._audit_failure)(message)
+
+    def _audit_failure(self, message: str) -> None:
+        with transaction.atomic():
+            audit.record(
+                action="session.failed",
+                actor=self.actor,
+                organization=self.session.organization,
+                target=self.session,
+                session_id=self.session.pk,
+                outcome="failure",
+                error=message,
+            )
 
 
 def _workspace_for_session(session: AgentSession, actor: AgentActor) -> Workspace:

@@ -102,6 +102,8 @@ async def test_the_step_limit_ends_a_runaway_turn(setup, simulator, settings):
     session, events = await start_and_run(user, org, "loop forever")
 
     assert session.status == "failed" and "after 2 steps" in session.error
+    failed = await AuditEvent.objects.aget(action="session.failed")
+    assert failed.outcome == "failure" and "after 2 steps" in failed.error and failed.session_id == str(session.pk)
     assert events[-1] == {"seq": events[-1]["seq"], "type": "status", "status": "failed", "error": session.error}
 
 
