@@ -83,6 +83,57 @@ class AuditChainHead(models.Model):
         return f"{self.organization_id} head #{self.sequence}"
 
 
+class AuditPendingEvent(models.Model):
+    """An event written by `record()` in batched chaining mode, waiting for the chainer to give it its place.
+
+    `record()` inserts it in the caller's transaction (so it commits or rolls back with the caller) without
+    touching the chain head; `audit.chaining.chain_pending` later moves it, in id order, into `AuditEvent` with
+    the same `event_id`, a sequence number and its hashes, and deletes it, in one transaction. Rows here are
+    therefore moved, not kept: unlike `audit_auditevent` this table has no append-only trigger on PostgreSQL
+    (the chainer must delete them). Tampering with a pending row before it is chained is not detectable by the
+    chain; `verify_chain` reports rows that wait longer than `AUDIT_PENDING_STALE_SECONDS`.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    # Not unique and not indexed: the chained AuditEvent's primary key is what rejects a repeated id.
+    event_id = models.UUIDField(default=uuid.uuid4, editable=False)
+    # No foreign-key constraint and no index of its own (the (organization, id) index serves the chainer): every
+    # ingest INSERT would otherwise lock the organization row FOR KEY SHARE, and concurrent writers of one
+    # organization then share that lock through a MultiXact. The chained AuditEvent keeps the real constraint.
+    organization = models.ForeignKey(
+        Organization,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        db_index=False,
+        related_name="audit_pending_events",
+    )
+    occurred_at = models.DateTimeField()
+    action = models.CharField(max_length=100)
+    outcome = models.CharField(max_length=16, choices=Outcome.choices, default=Outcome.SUCCESS)
+    error = models.TextField(blank=True, default="")
+    actor_type = models.CharField(max_length=16, choices=ActorType.choices)
+    actor_id = models.CharField(max_length=64, blank=True, default="")
+    actor_display = models.CharField(max_length=200, blank=True, default="")
+    auth_method = models.CharField(max_length=32, blank=True, default="")
+    source_ip = models.CharField(max_length=64, blank=True, default="")
+    user_agent = models.CharField(max_length=500, blank=True, default="")
+    request_id = models.CharField(max_length=64, blank=True, default="")
+    target_type = models.CharField(max_length=64, blank=True, default="")
+    target_id = models.CharField(max_length=64, blank=True, default="")
+    target_display = models.CharField(max_length=300, blank=True, default="")
+    session_id = models.CharField(max_length=64, blank=True, default="")
+    workspace_id = models.CharField(max_length=64, blank=True, default="")
+    model_call_id = models.CharField(max_length=64, blank=True, default="")
+    data = models.JSONField(default=dict)
+
+    class Meta:
+        indexes = [models.Index(fields=["organization", "id"], name="audit_pending_org_id")]
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.organization_id} pending {self.id} {self.action}"
+
+
 class ContentPolicy(models.TextChoices):
     """How much of prompts, answers and command output an organization's audit events keep."""
 

@@ -13,8 +13,9 @@ from django.db import connections, models, router, transaction
 
 from audit import context as audit_context
 from audit.chain import chain_hash, clean_text, event_document, normalize
+from audit.chaining import chaining_mode, wake_chainer
 from audit.forwarding import schedule_forwarding
-from audit.models import ActorType, AuditChainHead, AuditEvent, Outcome
+from audit.models import ActorType, AuditChainHead, AuditEvent, AuditPendingEvent, Outcome
 from audit.policy import prepare_event_data, prepare_event_text
 from organizations.models import Organization
 
@@ -79,11 +80,17 @@ def record(
     session_id: str | uuid.UUID | None = None,
     workspace_id: str | uuid.UUID | int | None = None,
     model_call_id: str | uuid.UUID | None = None,
-) -> AuditEvent:
+) -> AuditEvent | AuditPendingEvent:
     """Append one event to the organization's chain, inside the caller's transaction.
 
-    The chain head row is locked for the append, so concurrent writers queue and sequence numbers
-    stay gapless; if the caller's transaction rolls back, the event goes with it.
+    Immediate chaining (the default, `AUDIT_CHAINING = "immediate"`): the chain head row is locked for the
+    append, so concurrent writers queue and sequence numbers stay gapless; the returned `AuditEvent` has its
+    sequence and hash. If the caller's transaction rolls back, the event goes with it.
+
+    Batched chaining (`AUDIT_CHAINING = "batched"`, see `audit.chaining`): the event is written as an
+    `AuditPendingEvent` in the caller's transaction (no chain-head lock) and chained after commit; the pending
+    row is returned: it has no sequence or hash yet, and its `event_id` is the id the chained `AuditEvent` will
+    have. If the caller's transaction rolls back, the pending row goes with it, so no event is ever chained.
     """
     if outcome not in Outcome.values:
         raise ValueError(f"Unknown audit outcome {outcome!r}")
@@ -97,9 +104,7 @@ def record(
             raise ValueError(f"Audit {name} must be at most 64 characters, got {str(value)[:80]!r}")
     # Everything that does not depend on the chain is prepared before the head is locked: the lock is held
     # only for the hash and the write, so writers of one organization queue for as short a time as possible.
-    event = AuditEvent(
-        id=uuid.uuid4(),
-        organization_id=organization.pk,
+    fields = dict(
         action=action,
         outcome=outcome,
         error=_text(prepare_event_text(organization_id=organization.pk, text=str(error or "")), 4000),
@@ -114,6 +119,9 @@ def record(
         **_actor_fields(actor),
         **_target_fields(target, organization_id=organization.pk),
     )
+    if chaining_mode() == "batched":
+        return _record_pending(organization.pk, fields)
+    event = AuditEvent(id=uuid.uuid4(), organization_id=organization.pk, **fields)
     with transaction.atomic():
         head_sequence, head_hash = _lock_chain_head(organization.pk)
         event.sequence = head_sequence + 1
@@ -125,6 +133,53 @@ def record(
     return event
 
 
+_APPEND_SQL: dict[str, str] = {}
+
+
+def _record_pending(organization_id: int, fields: dict[str, Any]) -> AuditPendingEvent:
+    """Batched mode: write the prepared event as a pending row and wake the chainer once the caller commits.
+
+    No chain-head lock: concurrent writers of one organization only share the table. The row's `event_id` is
+    the id its `AuditEvent` will have.
+    """
+    pending = AuditPendingEvent(
+        event_id=uuid.uuid4(), organization_id=organization_id, occurred_at=dt.datetime.now(dt.UTC), **fields
+    )
+    connection = connections[router.db_for_write(AuditPendingEvent)]
+    if connection.vendor == "postgresql":
+        _insert_pending_postgresql(connection, pending)
+    else:
+        pending.save(force_insert=True)
+    transaction.on_commit(partial(wake_chainer, organization_id))
+    return pending
+
+
+_PENDING_FIELDS = [field for field in AuditPendingEvent._meta.concrete_fields if not field.primary_key]
+
+
+def _insert_pending_postgresql(connection: Any, pending: AuditPendingEvent) -> None:
+    """One prepared INSERT without the ORM's per-call compilation (ingest pays it for every event)."""
+    sql = _APPEND_SQL.get("pending")
+    if sql is None:
+        columns = ", ".join(connection.ops.quote_name(field.column) for field in _PENDING_FIELDS)
+        placeholders = ", ".join(["%s"] * len(_PENDING_FIELDS))
+        # Table and column names come from the model; every value is a parameter.
+        sql = _APPEND_SQL["pending"] = (
+            f"INSERT INTO {AuditPendingEvent._meta.db_table} ({columns}) VALUES ({placeholders}) RETURNING id"  # noqa: S608
+        )
+    values = [
+        field.get_db_prep_save(getattr(pending, field.attname), connection)
+        if isinstance(field, models.JSONField)
+        else getattr(pending, field.attname)
+        for field in _PENDING_FIELDS
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, values)
+        pending.id = cursor.fetchone()[0]
+    pending._state.adding = False
+    pending._state.db = connection.alias
+
+
 def _lock_chain_head(organization_id: int) -> tuple[int, str]:
     """Lock the organization's chain head (created on first use) and return its sequence and hash."""
     heads = AuditChainHead.objects.select_for_update().filter(organization_id=organization_id)
@@ -133,9 +188,6 @@ def _lock_chain_head(organization_id: int) -> tuple[int, str]:
         AuditChainHead.objects.get_or_create(organization_id=organization_id)
         row = heads.values_list("sequence", "hash").first()
     return row
-
-
-_APPEND_SQL: dict[str, str] = {}
 
 
 def _append(event: AuditEvent) -> None:

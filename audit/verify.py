@@ -9,6 +9,7 @@ parent then checks the links between the ranges, so the result is the same as on
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import multiprocessing
@@ -19,12 +20,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
-from django.db.models import QuerySet
+from django.db.models import Count, Min, QuerySet
 
 from audit.chain import GENESIS_HASH, HASHED_FIELDS, chain_hash, event_document
-from audit.models import AuditChainHead, AuditCheckpoint, AuditEvent
+from audit.models import AuditChainHead, AuditCheckpoint, AuditEvent, AuditPendingEvent
 from organizations.models import Organization
 
 # Rows fetched per round trip; large enough that a million events take a few hundred fetches.
@@ -69,16 +71,40 @@ def verify_chain(
     trusted as the starting point, so only the events from that number on are checked.
     `workers` forces the number of processes (1: a single pass); by default long PostgreSQL chains use one
     per CPU. Raises ValueError when `since_sequence` is below 1 or past the head.
+    With batched chaining, pending events older than `AUDIT_PENDING_STALE_SECONDS` make an otherwise intact
+    chain fail ("N events written but not chained for S s"); younger ones are normal and not reported.
     """
     if since_sequence is not None and since_sequence < 1:
         raise ValueError(f"Cannot verify from #{since_sequence}: sequence numbers start at 1.")
     with _snapshot() as snapshot_owned:
-        return _verify(
+        result = _verify(
             organization=organization,
             since_sequence=since_sequence,
             workers=workers,
             can_fork=snapshot_owned,
         )
+        if not result.ok:
+            return result
+        problem = _stale_pending(organization)
+        if problem is None:
+            return result
+        return dataclasses.replace(result, ok=False, first_bad_sequence=result.head_sequence + 1, reason=problem)
+
+
+def _stale_pending(organization: Organization) -> str | None:
+    """Batched chaining: events committed but still not chained after AUDIT_PENDING_STALE_SECONDS, in words.
+
+    Fresh pending rows are normal (the chainer runs right after commit); old ones mean no chainer runs.
+    """
+    stale_seconds = float(getattr(settings, "AUDIT_PENDING_STALE_SECONDS", 60))
+    now = dt.datetime.now(dt.UTC)
+    stale = AuditPendingEvent.objects.filter(
+        organization_id=organization.pk, occurred_at__lte=now - dt.timedelta(seconds=stale_seconds)
+    ).aggregate(count=Count("id"), oldest=Min("occurred_at"))
+    if not stale["count"]:
+        return None
+    waited = (now - stale["oldest"]).total_seconds()
+    return f"{stale['count']} events written but not chained for {waited:.0f} s: is the chainer running?"
 
 
 @contextlib.contextmanager

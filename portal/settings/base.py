@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from portal.settings.env import env_bool, env_float, env_int, env_list, env_str
 
@@ -116,6 +117,8 @@ CELERY_BEAT_SCHEDULE = {
     "audit-purge-expired": {"task": "audit.purge_expired", "schedule": 24 * 60 * 60},
     # Catch-up sweep for SIEM destinations (delivery is also woken after every committed event).
     "audit-forward-all-due": {"task": "audit.forward_all_due", "schedule": 15.0},
+    # Batched chaining: chain pending events a lost wake-up left behind (a no-op query in immediate mode).
+    "audit-chain-pending-all": {"task": "audit.chain_pending_all", "schedule": 5.0},
 }
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -168,6 +171,16 @@ ANONYMOUS_USER_NAME = None
 AIRLOCK_ENCRYPTION_KEYS = env_list("AIRLOCK_ENCRYPTION_KEYS")
 # Ed25519 key (url-safe base64 of the 32-byte seed) that signs audit checkpoints and export manifests.
 AIRLOCK_AUDIT_SIGNING_KEY = env_str("AIRLOCK_AUDIT_SIGNING_KEY", "")
+# How record() chains events: "immediate" (the caller's transaction locks the organization's chain head and
+# appends; the event has its sequence when record() returns) or "batched" (record() writes a pending row, and a
+# chainer moves committed rows into the chain in batches after commit; see audit/chaining.py).
+AUDIT_CHAINING = env_str("AIRLOCK_AUDIT_CHAINING", "immediate")
+if AUDIT_CHAINING not in ("immediate", "batched"):
+    raise ImproperlyConfigured(f"AIRLOCK_AUDIT_CHAINING={AUDIT_CHAINING!r}: use 'immediate' or 'batched'.")
+# Batched mode: how long a woken chainer lets a burst of events gather before it chains them in one commit.
+AUDIT_CHAINER_DEBOUNCE_SECONDS = env_float("AIRLOCK_AUDIT_CHAINER_DEBOUNCE_SECONDS", 0.05)
+# verify_chain reports pending (batched, not yet chained) events older than this as a problem.
+AUDIT_PENDING_STALE_SECONDS = env_int("AIRLOCK_AUDIT_PENDING_STALE_SECONDS", 60)
 AUDIT_EXPORT_DIR = Path(env_str("AIRLOCK_AUDIT_EXPORT_DIR", str(DATA_DIR / "exports")))
 
 # Workspaces: where the local backend puts each session's directory, and the limits of one command.

@@ -1,0 +1,292 @@
+"""Batched chaining (`AUDIT_CHAINING = "batched"`): pending events are moved into the chain after commit.
+
+In this mode `audit.record()` inserts an `AuditPendingEvent` in the caller's transaction without locking the
+chain head, so writers of one organization no longer queue through each other's commits, and registers
+`wake_chainer(org_id)` with `transaction.on_commit`. A rolled-back caller leaves no pending row, hence no event.
+
+`chain_pending(org_id)` then, in one transaction per batch of at most `limit` rows: takes a per-organization
+advisory lock on PostgreSQL (one chainer per organization at a time; on SQLite the database lock serializes
+writers), locks the chain head, reads the committed pending rows in id order (FOR UPDATE SKIP LOCKED), gives
+them the next sequence numbers, hashes them with `audit.chain` (the same rule and canonical form as immediate
+mode, so `audit.verify.verify_chain` checks them unchanged), bulk-inserts them as `AuditEvent` rows with the
+same event id, deletes the pending rows and moves the head; thousands of events share one commit. Afterwards it
+wakes SIEM forwarding (forwarding only ever reads chained events).
+
+Order: events are chained in the order they become visible to the chainer, i.e. in commit order between
+batches and in insert (id) order within one batch. `occurred_at` is the time `record()` was called, so within
+a chain it is not strictly increasing as it is in immediate mode.
+
+Who runs the chainer:
+- a wake-up after each commit starts (or marks dirty) one background thread per organization in the writing
+  process (web process or Celery worker alike; no task is queued, the wake-up stays in-process), which waits
+  `AUDIT_CHAINER_DEBOUNCE_SECONDS` (50 ms) so that a burst shares one commit, then chains, until no wake-up
+  arrived during its last round. When another process's chainer holds the organization's lock it tries again
+  after the debounce (that chainer may have read its batch before our rows committed), so a wake-up is not lost;
+- the Celery beat sweep `audit.chain_pending_all` (every 5 s) chains whatever a crashed process or a failed
+  wake-up left behind;
+- `verify_chain` reports pending rows older than `AUDIT_PENDING_STALE_SECONDS` (the chainer is not running).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+from django.conf import settings
+from django.db import connections, router, transaction
+
+from audit.chain import HASHED_FIELDS, chain_hash, event_document
+from audit.forwarding import schedule_forwarding
+from audit.models import AuditChainHead, AuditEvent, AuditPendingEvent
+
+logger = logging.getLogger(__name__)
+
+# The hashed fields a pending row carries (the id is `event_id`; organization and sequence come from the chainer).
+PENDING_FIELDS = tuple(name for name in HASHED_FIELDS if name not in ("id", "organization_id", "sequence"))
+# First half of the advisory lock key ("AUDT"), so that the lock does not collide with other advisory locks.
+_LOCK_NAMESPACE = 0x41554454
+_INSERT_BATCH = 1000
+# Events chained per transaction by the in-process chainer.
+BATCH_LIMIT = 5000
+
+_guard = threading.Lock()
+_chainers: dict[int, _Chainer] = {}
+
+
+def _debounce() -> float:
+    """Seconds a woken chainer waits before it chains (AUDIT_CHAINER_DEBOUNCE_SECONDS, at least 10 ms)."""
+    return max(float(getattr(settings, "AUDIT_CHAINER_DEBOUNCE_SECONDS", 0.05)), 0.01)
+
+
+def chaining_mode() -> str:
+    """`immediate` or `batched` (settings.AUDIT_CHAINING)."""
+    return str(getattr(settings, "AUDIT_CHAINING", "immediate"))
+
+
+def chain_pending(organization_id: int, *, limit: int = 5000, wait: bool = False) -> int:
+    """Move the organization's committed pending events into its chain; returns how many were chained.
+
+    Loops in transactions of at most `limit` events while full batches remain. With `wait=False` it returns 0
+    at once when another chainer holds the organization's lock (that one, the next wake-up or the sweep chains
+    the rows); with `wait=True` it queues for the lock.
+    """
+    return _chain(organization_id, limit=limit, wait=wait) or 0
+
+
+def _chain(organization_id: int, *, limit: int, wait: bool) -> int | None:
+    """Like chain_pending, but None when another chainer held the lock before the first batch.
+
+    Then that chainer may have read its batch before our rows committed, so the caller must try again; once a
+    batch of ours ran, any chainer that takes over reads after it, hence after every row committed before.
+    """
+    total = 0
+    while True:
+        chained = _chain_batch(organization_id, limit=limit, wait=wait)
+        if chained is None:
+            if total == 0:
+                return None
+            break
+        total += chained
+        if chained < limit:
+            break
+    if total:
+        schedule_forwarding(organization_id)
+    return total
+
+
+def _lock_head(organization_id: int) -> tuple[int, str]:
+    from audit.services import _lock_chain_head
+
+    return _lock_chain_head(organization_id)
+
+
+def _chain_batch(organization_id: int, *, limit: int, wait: bool) -> int | None:
+    """One transaction: lock, read, hash, insert, delete, move the head. None when the lock is taken."""
+    alias = router.db_for_write(AuditEvent)
+    connection = connections[alias]
+    with transaction.atomic(using=alias):
+        if connection.vendor != "postgresql":
+            return _chain_batch_orm(alias, organization_id, limit)
+        key = (_LOCK_NAMESPACE << 32) | (organization_id & 0xFFFFFFFF)
+        with connection.cursor() as cursor:
+            if wait:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [key])
+            else:
+                cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [key])
+                if not cursor.fetchone()[0]:
+                    return None
+            return _chain_batch_postgresql(connection, cursor, organization_id, limit)
+
+
+def _hash_rows(organization_id: int, rows: list[tuple], sequence: int, prev_hash: str) -> list[tuple[int, str, str]]:
+    """(sequence, prev_hash, hash) of each (pending id, event id, *PENDING_FIELDS) row, continuing the chain."""
+    links = []
+    for _pending_id, event_id, *values in rows:
+        sequence += 1
+        event_hash = chain_hash(prev_hash, event_document((str(event_id), organization_id, sequence, *values)))
+        links.append((sequence, prev_hash, event_hash))
+        prev_hash = event_hash
+    return links
+
+
+def _chain_batch_orm(alias: str, organization_id: int, limit: int) -> int:
+    """SQLite (and any other database): the same steps through the ORM; the IMMEDIATE transaction serializes."""
+    sequence, prev_hash = _lock_head(organization_id)
+    rows = list(
+        AuditPendingEvent.objects.using(alias)
+        .select_for_update(skip_locked=True)
+        .filter(organization_id=organization_id)
+        .order_by("id")
+        .values_list("id", "event_id", *PENDING_FIELDS)[:limit]
+    )
+    if not rows:
+        return 0
+    links = _hash_rows(organization_id, rows, sequence, prev_hash)
+    events = [
+        AuditEvent(
+            id=row[1],
+            organization_id=organization_id,
+            sequence=link[0],
+            prev_hash=link[1],
+            hash=link[2],
+            **dict(zip(PENDING_FIELDS, row[2:], strict=True)),
+        )
+        for row, link in zip(rows, links, strict=True)
+    ]
+    AuditEvent.objects.using(alias).bulk_create(events, batch_size=_INSERT_BATCH)
+    AuditPendingEvent.objects.using(alias).filter(pk__in=[row[0] for row in rows]).delete()
+    AuditChainHead.objects.using(alias).filter(organization_id=organization_id).update(
+        sequence=links[-1][0], hash=links[-1][2]
+    )
+    return len(rows)
+
+
+_PG_SQL: dict[str, str] = {}
+
+
+def _postgresql_statements(connection: Any) -> tuple[str, str]:
+    """The read and the move statements (table and column names come from the models; values are parameters)."""
+    if not _PG_SQL:
+        quote = connection.ops.quote_name
+        pending, events = AuditPendingEvent._meta.db_table, AuditEvent._meta.db_table
+        columns = [quote(AuditPendingEvent._meta.get_field(name).column) for name in PENDING_FIELDS]
+        selected = ", ".join(
+            f"{column}::text" if name == "data" else column
+            for name, column in zip(PENDING_FIELDS, columns, strict=True)
+        )
+        _PG_SQL["read"] = (
+            f"SELECT id, event_id::text, {selected} FROM {pending} "  # noqa: S608
+            "WHERE organization_id = %s ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED"
+        )
+        # Copy the rows inside the database (the values never travel back), deleting them in the same statement.
+        _PG_SQL["move"] = (
+            f"WITH moved AS (DELETE FROM {pending} WHERE id = ANY(%s::bigint[]) RETURNING *), "  # noqa: S608
+            f"chained AS (INSERT INTO {events} (id, organization_id, sequence, {', '.join(columns)}, prev_hash, hash) "
+            f"SELECT moved.event_id, moved.organization_id, link.sequence, "
+            f"{', '.join(f'moved.{column}' for column in columns)}, link.prev_hash, link.hash "
+            "FROM moved JOIN unnest(%s::bigint[], %s::bigint[], %s::text[], %s::text[]) "
+            "AS link(pending_id, sequence, prev_hash, hash) ON link.pending_id = moved.id RETURNING 1) "
+            "SELECT count(*) FROM chained"
+        )
+    return _PG_SQL["read"], _PG_SQL["move"]
+
+
+def _chain_batch_postgresql(connection: Any, cursor: Any, organization_id: int, limit: int) -> int:
+    """PostgreSQL, under the advisory lock: four round trips per batch whatever its size."""
+    read, move = _postgresql_statements(connection)
+    cursor.execute(read, [organization_id, limit])
+    rows = [(*row[:-1], json.loads(row[-1])) for row in cursor.fetchall()]
+    if not rows:
+        return 0
+    sequence, prev_hash = _lock_head(organization_id)
+    links = _hash_rows(organization_id, rows, sequence, prev_hash)
+    cursor.execute(
+        move,
+        [
+            [row[0] for row in rows],
+            [row[0] for row in rows],
+            [link[0] for link in links],
+            [link[1] for link in links],
+            [link[2] for link in links],
+        ],
+    )
+    moved = cursor.fetchone()[0]
+    if moved != len(rows):  # cannot happen while the rows are locked; never move the head past a short insert
+        raise RuntimeError(f"chained {moved} of {len(rows)} pending events of organization {organization_id}")
+    AuditChainHead.objects.filter(organization_id=organization_id).update(sequence=links[-1][0], hash=links[-1][2])
+    return len(rows)
+
+
+def chain_all_pending() -> int:
+    """The sweep: chain every organization's pending events (skipping organizations a chainer is working on)."""
+    organization_ids = list(AuditPendingEvent.objects.order_by().values_list("organization_id", flat=True).distinct())
+    total = 0
+    for organization_id in organization_ids:
+        try:
+            total += chain_pending(organization_id)
+        except Exception:  # one organization's failure must not stop the others; the next sweep retries
+            logger.exception("could not chain pending audit events of organization %s", organization_id)
+    return total
+
+
+# In-process wake-ups --------------------------------------------------------------------------------------------
+
+
+class _Chainer(threading.Thread):
+    """Chains one organization's pending events until no wake-up arrived during the last round."""
+
+    def __init__(self, organization_id: int) -> None:
+        super().__init__(daemon=True, name=f"audit-chainer-{organization_id}")
+        self.organization_id = organization_id
+        self.dirty = True
+
+    def run(self) -> None:
+        try:
+            while True:
+                with _guard:
+                    if not self.dirty:
+                        _chainers.pop(self.organization_id, None)
+                        return
+                    self.dirty = False
+                time.sleep(_debounce())  # let a burst gather: one commit chains all of it
+                if _chain(self.organization_id, limit=BATCH_LIMIT, wait=False) is None:
+                    with _guard:
+                        self.dirty = True  # another process's chainer is at work: try again after the debounce
+        except Exception:  # the rows stay pending: the next wake-up or the sweep chains them
+            logger.exception("audit chainer for organization %s crashed", self.organization_id)
+            with _guard:
+                _chainers.pop(self.organization_id, None)
+        finally:
+            connections.close_all()
+
+
+def wake_chainer(organization_id: int) -> None:
+    """After a pending event commits: make sure this process's chainer for the organization runs (once more)."""
+    try:
+        with _guard:
+            chainer = _chainers.get(organization_id)
+            if chainer is not None:
+                chainer.dirty = True
+                return
+            chainer = _Chainer(organization_id)
+            _chainers[organization_id] = chainer
+        chainer.start()
+    except Exception:  # the event is committed; the sweep chains it
+        logger.exception("could not wake the audit chainer for organization %s", organization_id)
+
+
+def wait_until_chained(timeout: float = 10.0) -> bool:
+    """Wait for this process's chainer threads to finish (tests, benchmarks, shutdown); False on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with _guard:
+            chainers = list(_chainers.values())
+        if not chainers:
+            return True
+        for chainer in chainers:
+            chainer.join(max(deadline - time.monotonic(), 0.0))
+    with _guard:
+        return not _chainers

@@ -1,0 +1,235 @@
+"""Batched chaining (AUDIT_CHAINING="batched"): record() writes pending rows, the chainer moves them into the chain."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.db import connection, transaction
+
+from audit import chaining, record
+from audit.chain import GENESIS_HASH
+from audit.models import AuditChainHead, AuditEvent, AuditPendingEvent
+from audit.services import SystemActor
+from audit.verify import verify_chain
+from organizations.models import Organization
+from tests.factories import OrganizationFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class CallerFailed(Exception):
+    """The audited action failed after its event was recorded."""
+
+
+@pytest.fixture(autouse=True)
+def batched(settings) -> Iterator[None]:
+    """Batched mode; no chainer thread outlives the test (the database is emptied after it)."""
+    settings.AUDIT_CHAINING = "batched"
+    yield
+    assert chaining.wait_until_chained(30), "a chainer thread hung"
+
+
+def actions(organization: Organization) -> list[tuple[int, str]]:
+    """The organization's chained events as (sequence, action), in order."""
+    return list(AuditEvent.objects.filter(organization=organization).values_list("sequence", "action"))
+
+
+def test_record_returns_a_pending_event_that_is_chained_after_commit(org):
+    pending = record(action="org.created", actor=SystemActor(), organization=org, data={"n": 1})
+
+    assert isinstance(pending, AuditPendingEvent)
+    assert not hasattr(pending, "sequence")
+    assert chaining.wait_until_chained(10)
+    event = AuditEvent.objects.get(pk=pending.event_id)
+    assert (event.sequence, event.prev_hash, event.action, event.data) == (1, GENESIS_HASH, "org.created", {"n": 1})
+    assert event.occurred_at == pending.occurred_at
+    assert not AuditPendingEvent.objects.exists()
+    head = AuditChainHead.objects.get(organization=org)
+    assert (head.sequence, head.hash) == (1, event.hash)
+
+
+def test_events_are_chained_in_commit_order_and_the_chain_verifies(org, other_org):
+    for index in range(5):
+        record(action=f"step.{index}", actor=SystemActor(), organization=org, data={"index": index})
+        record(action=f"other.{index}", actor=SystemActor(), organization=other_org)
+    assert chaining.wait_until_chained(10)
+
+    assert actions(org) == [(index + 1, f"step.{index}") for index in range(5)]
+    assert actions(other_org) == [(index + 1, f"other.{index}") for index in range(5)]
+    for organization in (org, other_org):
+        result = verify_chain(organization=organization)
+        assert (result.ok, result.events_checked, result.head_sequence) == (True, 5, 5), result.reason
+
+
+def test_a_rolled_back_caller_leaves_no_pending_row_and_no_event(org):
+    with pytest.raises(CallerFailed), transaction.atomic():
+        record(action="provider.created", actor=SystemActor(), organization=org, data={"name": "lost"})
+        raise CallerFailed
+
+    assert chaining.wait_until_chained(10)
+    assert not AuditPendingEvent.objects.exists()
+    assert not AuditEvent.objects.exists()
+    record(action="provider.created", actor=SystemActor(), organization=org, data={"name": "kept"})
+    assert chaining.wait_until_chained(10)
+    assert actions(org) == [(1, "provider.created")]
+    assert verify_chain(organization=org).ok
+
+
+def test_the_chainer_and_the_sweep_chain_what_no_wake_up_reached(org, other_org, monkeypatch):
+    monkeypatch.setattr("audit.services.wake_chainer", lambda organization_id: None)
+    for index in range(7):
+        record(action=f"step.{index}", actor=SystemActor(), organization=org)
+    record(action="elsewhere", actor=SystemActor(), organization=other_org)
+    assert AuditPendingEvent.objects.count() == 8
+
+    assert chaining.chain_pending(org.pk, limit=3) == 7  # three transactions: 3 + 3 + 1
+    assert chaining.chain_all_pending() == 1
+
+    assert actions(org) == [(index + 1, f"step.{index}") for index in range(7)]
+    assert actions(other_org) == [(1, "elsewhere")]
+    assert not AuditPendingEvent.objects.exists()
+    assert verify_chain(organization=org).ok
+
+
+def test_immediate_and_batched_writers_share_one_chain(org, settings):
+    record(action="batched.first", actor=SystemActor(), organization=org)
+    assert chaining.wait_until_chained(10)
+    settings.AUDIT_CHAINING = "immediate"
+    second = record(action="immediate.second", actor=SystemActor(), organization=org)
+    settings.AUDIT_CHAINING = "batched"
+    record(action="batched.third", actor=SystemActor(), organization=org)
+    assert chaining.wait_until_chained(10)
+
+    assert second.sequence == 2
+    assert actions(org) == [(1, "batched.first"), (2, "immediate.second"), (3, "batched.third")]
+    assert verify_chain(organization=org).ok
+
+
+def test_verify_reports_pending_rows_older_than_the_bound_but_not_fresh_ones(org, settings, monkeypatch):
+    settings.AUDIT_PENDING_STALE_SECONDS = 60
+    record(action="chained", actor=SystemActor(), organization=org)
+    assert chaining.wait_until_chained(10)
+    monkeypatch.setattr("audit.services.wake_chainer", lambda organization_id: None)  # as if no chainer ran
+    pending = record(action="stuck", actor=SystemActor(), organization=org)
+
+    fresh = verify_chain(organization=org)
+    assert (fresh.ok, fresh.events_checked) == (True, 1), fresh.reason
+
+    AuditPendingEvent.objects.filter(pk=pending.pk).update(
+        occurred_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=125)
+    )
+    stale = verify_chain(organization=org)
+    assert not stale.ok
+    assert stale.first_bad_sequence == 2
+    assert stale.reason.startswith("1 events written but not chained for 12")
+    assert stale.reason.endswith(" s: is the chainer running?")
+
+    assert chaining.chain_pending(org.pk) == 1
+    result = verify_chain(organization=org)
+    assert (result.ok, result.events_checked) == (True, 2), result.reason
+
+
+@pytest.mark.postgres
+def test_an_event_committed_later_is_chained_later_even_if_inserted_first(org):
+    inserted, release = threading.Event(), threading.Event()
+    failures: list[BaseException] = []
+
+    def slow_caller() -> None:
+        try:
+            with transaction.atomic():
+                record(action="inserted.first", actor=SystemActor(), organization=org)
+                inserted.set()
+                assert release.wait(30)
+        except BaseException as exc:
+            failures.append(exc)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=slow_caller)
+    thread.start()
+    assert inserted.wait(30)
+    record(action="committed.first", actor=SystemActor(), organization=org)
+    assert chaining.wait_until_chained(10)
+    release.set()
+    thread.join(30)
+    assert chaining.wait_until_chained(10)
+
+    assert not failures, failures
+    assert actions(org) == [(1, "committed.first"), (2, "inserted.first")]
+    assert verify_chain(organization=org).ok
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("organization_count", [1, 4])
+def test_concurrent_writers_produce_a_gapless_chain_with_every_event_once(db, organization_count):
+    organizations = [OrganizationFactory(slug=f"tenant-{n}") for n in range(organization_count)]
+    writers, per_writer = 8, 50
+    start = threading.Barrier(writers)
+    written: list[str] = []
+    failures: list[BaseException] = []
+
+    def write(writer: int, organization: Organization) -> None:
+        try:
+            start.wait(timeout=30)
+            for index in range(per_writer):
+                pending = record(
+                    action="tool.call",
+                    actor=SystemActor(f"writer-{writer}"),
+                    organization=organization,
+                    data={"writer": writer, "index": index},
+                )
+                written.append(str(pending.event_id))
+        except BaseException as exc:
+            failures.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=write, args=(n, organizations[n % organization_count])) for n in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=90)
+    assert not failures, failures
+    assert chaining.wait_until_chained(30)
+    for organization in organizations:  # a wake-up may have lost the race to a chainer's last read
+        chaining.chain_pending(organization.pk, wait=True)
+
+    assert not AuditPendingEvent.objects.exists()
+    chained = list(AuditEvent.objects.values_list("id", flat=True))
+    assert sorted(str(event_id) for event_id in chained) == sorted(written)  # every event exactly once
+    per_org = writers * per_writer // organization_count
+    for organization in organizations:
+        sequences = list(AuditEvent.objects.filter(organization=organization).values_list("sequence", flat=True))
+        assert sequences == list(range(1, per_org + 1))
+        result = verify_chain(organization=organization)
+        assert (result.ok, result.events_checked) == (True, per_org), result.reason
+    for writer in range(writers):  # each writer's events keep the order it committed them in
+        indexes = list(
+            AuditEvent.objects.filter(data__writer=writer).order_by("sequence").values_list("data__index", flat=True)
+        )
+        assert indexes == list(range(per_writer))
+
+
+def test_an_unknown_chaining_mode_is_refused_naming_the_variable():
+    env = {**os.environ, "AIRLOCK_AUDIT_CHAINING": "eventually", "DJANGO_SETTINGS_MODULE": "portal.settings.test"}
+    result = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode != 0
+    assert "ImproperlyConfigured: AIRLOCK_AUDIT_CHAINING='eventually'" in result.stderr
