@@ -172,14 +172,18 @@ def main(argv: list[str] | None = None) -> int:
         script = Path(tmp) / "script.json"
         script.write_text(json.dumps([turn] * (2 * (args.runs + args.warmup))))
         process, base_url = start_simulator(script)
+        load_before = os.getloadavg()[0]
         try:
             samples = asyncio.run(measure(base_url, runs=args.runs, warmup=args.warmup, chars=len(text)))
         finally:
             process.terminate()
             process.wait(timeout=10)
+        load_after = os.getloadavg()[0]
 
     summary = summarize(samples)
     print(f"Provider overhead: {args.tokens}-token streamed answer, {args.runs} interleaved runs each")
+    # Both paths and the simulator share the CPUs: on a busy machine the spread swamps a few milliseconds.
+    print(f"1-minute load average {load_before:.2f} before, {load_after:.2f} after ({os.cpu_count()} CPUs)")
     print(f"{'metric':<8}{'path':<10}{'p50 ms':>10}{'p95 ms':>10}")
     for metric in ("ttft", "total"):
         row = summary[metric]
@@ -200,7 +204,17 @@ def main(argv: list[str] | None = None) -> int:
     results.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = results / f"provider_overhead-{stamp}.json"
-    out.write_text(json.dumps({"runs": args.runs, "tokens": args.tokens, "summary": summary, "samples": samples}))
+    out.write_text(
+        json.dumps(
+            {
+                "runs": args.runs,
+                "tokens": args.tokens,
+                "load_average": [load_before, load_after],
+                "summary": summary,
+                "samples": samples,
+            }
+        )
+    )
     print(f"Wrote {out.relative_to(REPO)}")
     return 0
 

@@ -308,11 +308,12 @@ async def stream(
     calls = _Calls()
     finish_reason: str | None = None
     usage: Any = None
+    # The loop runs once per streamed token: attribute lookups are kept to what each chunk needs.
     async with response:
-        iterator = response.__aiter__()
+        next_chunk = response.__aiter__().__anext__
         while True:
             try:
-                chunk = await iterator.__anext__()
+                chunk = await next_chunk()
             except StopAsyncIteration:
                 break
             except TRANSPORT_ERRORS as exc:
@@ -322,20 +323,24 @@ async def stream(
                     f"{context.host} sent something that is not a Chat Completions stream: is the base URL right "
                     "(it usually ends in /v1)?"
                 ) from None
-            if getattr(chunk, "usage", None) is not None:
+            if chunk.usage is not None:  # usually on a last chunk without choices; some servers send it earlier
                 usage = chunk.usage
-            for choice in chunk.choices or []:
+            for choice in chunk.choices or ():
                 if choice.index not in (0, None):
                     continue
                 delta = choice.delta
                 if delta is not None:
-                    reasoning = _reasoning_text(delta)
-                    if reasoning:
-                        yield ReasoningDelta(reasoning)
-                    if delta.content:
-                        yield TextDelta(delta.content)
-                    for fragment in delta.tool_calls or []:
-                        calls.add(fragment)
+                    if getattr(delta, "__pydantic_extra__", None):  # fields the SDK does not know, e.g. reasoning
+                        reasoning = _reasoning_text(delta)
+                        if reasoning:
+                            yield ReasoningDelta(reasoning)
+                    content = delta.content
+                    if content:
+                        yield TextDelta(content)
+                    tool_calls = delta.tool_calls
+                    if tool_calls:
+                        for fragment in tool_calls:
+                            calls.add(fragment)
                 if choice.finish_reason:
                     finish_reason = choice.finish_reason
 
