@@ -205,7 +205,8 @@ def _append(event: AuditEvent) -> None:
         columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
         placeholders = ", ".join(["%s"] * len(fields))
         # Table and column names come from the models; every value is a parameter.
-        event_table, head_table = AuditEvent._meta.db_table, AuditChainHead._meta.db_table
+        event_table = connection.ops.quote_name(AuditEvent._meta.db_table)
+        head_table = connection.ops.quote_name(AuditChainHead._meta.db_table)
         sql = _APPEND_SQL["postgresql"] = (
             f"WITH appended AS (INSERT INTO {event_table} ({columns}) VALUES ({placeholders})) "  # noqa: S608
             f"UPDATE {head_table} SET sequence = %s, hash = %s WHERE organization_id = %s"
