@@ -141,6 +141,47 @@ class ModelCallError(Exception):
         return self.message
 
 
+def http_status_error(
+    *,
+    status: int,
+    host: str,
+    provider_name: str,
+    model_identifier: str,
+    detail: str,
+    retry_after: float | None = None,
+    key_advice: str = "set a valid key",
+    access_advice: str = "check the key's permissions",
+    rate_limit_words: str = "rate limited by",
+) -> ModelCallError:
+    """What an HTTP error status from a vendor means for an operator, the same way for every adapter.
+
+    `detail` must already be scrubbed of secrets; 429, 408, 409 and 5xx are retryable.
+    """
+    if status == 401:
+        return ModelCallError(
+            f"401: the API key was rejected by {host}: {key_advice} on provider {provider_name!r}.", status=status
+        )
+    if status == 403:
+        return ModelCallError(
+            f"403: {host} refused access to model {model_identifier!r} with this key: {access_advice} ({detail}).",
+            status=status,
+        )
+    if status == 404:
+        return ModelCallError(
+            f"404: {host} does not serve model {model_identifier!r}: check the model identifier and the provider's "
+            f"base URL ({detail}).",
+            status=status,
+        )
+    if status == 429:
+        wait = f"retry after {retry_after:g} s" if retry_after is not None else "try again later"
+        return ModelCallError(
+            f"429: {rate_limit_words} {host} ({wait}): {detail}", status=status, retryable=True, retry_after=retry_after
+        )
+    if status in (408, 409) or status >= 500:
+        return ModelCallError(f"{status}: {host} failed to answer: {detail}", status=status, retryable=True)
+    return ModelCallError(f"{status}: {host} rejected the request: {detail}", status=status or None)
+
+
 def endpoint_host(base_url: str) -> str:
     """The host[:port] of a base URL, for messages (never the path, query or credentials)."""
     try:

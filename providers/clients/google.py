@@ -40,6 +40,7 @@ from providers.clients.base import (
     TurnEnd,
     Usage,
     endpoint_host,
+    http_status_error,
 )
 
 if TYPE_CHECKING:
@@ -379,30 +380,16 @@ class _ErrorContext:
                 f"{status}: the API key was rejected by {self.host}: set a valid Gemini API key on provider {name!r}.",
                 status=status,
             )
-        if status == 403:
-            return ModelCallError(
-                f"403: {self.host} refused access to model {identifier!r} with this key: check that the key's project "
-                f"has the Generative Language API enabled ({detail}).",
-                status=status,
-            )
-        if status == 404:
-            return ModelCallError(
-                f"404: {self.host} does not serve model {identifier!r}: check the model identifier and the provider's "
-                f"base URL ({detail}).",
-                status=status,
-            )
-        if status == 429:
-            retry_after = _retry_after(exc)
-            wait = f"retry after {retry_after:g} s" if retry_after is not None else "try again later"
-            return ModelCallError(
-                f"429: rate limited or out of quota at {self.host} ({wait}): {detail}",
-                status=status,
-                retryable=True,
-                retry_after=retry_after,
-            )
-        if status in (408, 409) or status >= 500:
-            return ModelCallError(f"{status}: {self.host} failed to answer: {detail}", status=status, retryable=True)
-        return ModelCallError(f"{status}: {self.host} rejected the request: {detail}", status=status or None)
+        return http_status_error(
+            status=status,
+            host=self.host,
+            provider_name=name,
+            model_identifier=identifier,
+            detail=detail,
+            retry_after=_retry_after(exc) if status == 429 else None,
+            access_advice="check that the key's project has the Generative Language API enabled",
+            rate_limit_words="rate limited or out of quota at",
+        )
 
     def _connection_error(self, exc: BaseException, *, mid_stream: bool) -> ModelCallError:
         causes = _chain(exc)

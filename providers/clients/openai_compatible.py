@@ -37,6 +37,7 @@ from providers.clients.base import (
     TurnEnd,
     Usage,
     endpoint_host,
+    http_status_error,
 )
 
 if TYPE_CHECKING:
@@ -452,37 +453,14 @@ class ErrorContext:
 
     def _status_error(self, exc: Any) -> ModelCallError:
         status = exc.status_code
-        detail = self.vendor_message(exc)
-        name = self.provider.name
-        identifier = self.model.identifier
-        if status == 401:
-            return ModelCallError(
-                f"401: the API key was rejected by {self.host}: set a valid key on provider {name!r}.", status=status
-            )
-        if status == 403:
-            return ModelCallError(
-                f"403: {self.host} refused access to model {identifier!r} with this key: check the key's permissions "
-                f"({detail}).",
-                status=status,
-            )
-        if status == 404:
-            return ModelCallError(
-                f"404: {self.host} does not serve model {identifier!r}: check the model identifier and the provider's "
-                f"base URL ({detail}).",
-                status=status,
-            )
-        if status == 429:
-            retry_after = _retry_after(exc)
-            wait = f"retry after {retry_after:g} s" if retry_after is not None else "try again later"
-            return ModelCallError(
-                f"429: rate limited by {self.host} ({wait}): {detail}",
-                status=status,
-                retryable=True,
-                retry_after=retry_after,
-            )
-        if status in (408, 409) or status >= 500:
-            return ModelCallError(f"{status}: {self.host} failed to answer: {detail}", status=status, retryable=True)
-        return ModelCallError(f"{status}: {self.host} rejected the request: {detail}", status=status)
+        return http_status_error(
+            status=status,
+            host=self.host,
+            provider_name=self.provider.name,
+            model_identifier=self.model.identifier,
+            detail=self.vendor_message(exc),
+            retry_after=_retry_after(exc) if status == 429 else None,
+        )
 
     def _connection_error(self, exc: BaseException, *, mid_stream: bool) -> ModelCallError:
         causes = list(_chain(exc))
