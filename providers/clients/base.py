@@ -10,6 +10,10 @@ ToolCallRequest*, Usage (when the provider reports it), CallSummary (from `strea
 
 from __future__ import annotations
 
+import errno
+import socket
+import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -180,6 +184,50 @@ def http_status_error(
     if status in (408, 409) or status >= 500:
         return ModelCallError(f"{status}: {host} failed to answer: {detail}", status=status, retryable=True)
     return ModelCallError(f"{status}: {host} rejected the request: {detail}", status=status or None)
+
+
+def connection_error(exc: BaseException, *, host: str, mid_stream: bool, scrub: Callable[[str], str]) -> ModelCallError:
+    """What a failed connection means for an operator (refused, DNS, TLS, dropped mid-answer), for every adapter.
+
+    `scrub` removes secrets from the lowest cause's text before it is shown.
+    """
+    causes = exception_chain(exc)
+    if mid_stream:
+        return ModelCallError(
+            f"The connection to {host} dropped in the middle of the answer: try again.", retryable=True
+        )
+    if any(_is_refused(cause) for cause in causes):
+        return ModelCallError(
+            f"Connection to {host} refused: is the provider running / is egress allowed?", retryable=True
+        )
+    if any(isinstance(cause, socket.gaierror) for cause in causes):
+        return ModelCallError(
+            f"Cannot resolve the host of {host}: check the provider's base URL and this server's DNS.", retryable=True
+        )
+    if any(isinstance(cause, ssl.SSLError) for cause in causes):
+        return ModelCallError(
+            f"The TLS handshake with {host} failed: check the URL's scheme and the server's certificate."
+        )
+    reason = scrub(str(causes[-1]) or type(causes[-1]).__name__)
+    return ModelCallError(f"Cannot connect to {host}: {reason}", retryable=True)
+
+
+def exception_chain(exc: BaseException) -> list[BaseException]:
+    """An exception and its causes/contexts, outermost first (each once)."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def _is_refused(exc: BaseException) -> bool:
+    if isinstance(exc, ConnectionRefusedError):
+        return True
+    if isinstance(exc, OSError) and exc.errno == errno.ECONNREFUSED:
+        return True
+    return "connection refused" in str(exc).lower() or "connect call failed" in str(exc).lower()
 
 
 def endpoint_host(base_url: str) -> str:

@@ -10,12 +10,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import errno
 import hashlib
 import json
 import re
-import socket
-import ssl
 import uuid
 import weakref
 from collections import OrderedDict
@@ -39,6 +36,7 @@ from providers.clients.base import (
     ToolSpec,
     TurnEnd,
     Usage,
+    connection_error,
     endpoint_host,
     http_status_error,
 )
@@ -392,26 +390,7 @@ class _ErrorContext:
         )
 
     def _connection_error(self, exc: BaseException, *, mid_stream: bool) -> ModelCallError:
-        causes = _chain(exc)
-        if mid_stream:
-            return ModelCallError(
-                f"The connection to {self.host} dropped in the middle of the answer: try again.", retryable=True
-            )
-        if any(_is_refused(cause) for cause in causes):
-            return ModelCallError(
-                f"Connection to {self.host} refused: is the provider running / is egress allowed?", retryable=True
-            )
-        if any(isinstance(cause, socket.gaierror) for cause in causes):
-            return ModelCallError(
-                f"Cannot resolve the host of {self.host}: check the provider's base URL and this server's DNS.",
-                retryable=True,
-            )
-        if any(isinstance(cause, ssl.SSLError) for cause in causes):
-            return ModelCallError(
-                f"The TLS handshake with {self.host} failed: check the URL's scheme and the server's certificate."
-            )
-        reason = self.scrub(str(causes[-1]) or type(causes[-1]).__name__)
-        return ModelCallError(f"Cannot connect to {self.host}: {reason}", retryable=True)
+        return connection_error(exc, host=self.host, mid_stream=mid_stream, scrub=self.scrub)
 
 
 def _detail_values(details: Any, key: str) -> set[str]:
@@ -436,20 +415,3 @@ def _retry_after(exc: genai_errors.APIError) -> float | None:
             if seconds >= 0:
                 return seconds
     return None
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    seen: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in seen:
-        seen.append(current)
-        current = current.__cause__ or current.__context__
-    return seen
-
-
-def _is_refused(exc: BaseException) -> bool:
-    if isinstance(exc, ConnectionRefusedError):
-        return True
-    if isinstance(exc, OSError) and exc.errno == errno.ECONNREFUSED:
-        return True
-    return "connection refused" in str(exc).lower() or "connect call failed" in str(exc).lower()
