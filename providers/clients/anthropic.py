@@ -25,6 +25,7 @@ from providers.clients.base import (
     ToolSpec,
     TurnEnd,
     Usage,
+    tool_call_from_fragments,
 )
 from providers.clients.openai_compatible import (
     NO_KEY,
@@ -184,17 +185,11 @@ class _Blocks:
         calls = []
         for index in sorted(self.tools):
             slot = self.tools[index]
-            raw = "".join(slot["fragments"])
-            try:
-                parsed = json.loads(raw) if raw.strip() else {}
-            except ValueError:
-                parsed = {}
             calls.append(
-                ToolCallRequest(
-                    id=slot["id"] or f"toolu_{uuid.uuid4().hex[:24]}",
+                tool_call_from_fragments(
+                    call_id=slot["id"] or f"toolu_{uuid.uuid4().hex[:24]}",
                     name=slot["name"],
-                    arguments=parsed if isinstance(parsed, dict) else {},
-                    raw_arguments=raw,
+                    fragments=slot["fragments"],
                 )
             )
         return calls

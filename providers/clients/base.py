@@ -11,6 +11,7 @@ ToolCallRequest*, Usage (when the provider reports it), CallSummary (from `strea
 from __future__ import annotations
 
 import errno
+import json
 import socket
 import ssl
 from collections.abc import Callable
@@ -143,6 +144,21 @@ class ModelCallError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+def tool_call_from_fragments(*, call_id: str, name: str, fragments: list[str]) -> ToolCallRequest:
+    """A tool call assembled from the partial JSON a stream sent; arguments that are not an object become {}.
+
+    `raw_arguments` keeps exactly what the model sent, so a malformed call can still be shown and audited.
+    """
+    raw = "".join(fragments)
+    try:
+        parsed = json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        parsed = {}
+    return ToolCallRequest(
+        id=call_id, name=name, arguments=parsed if isinstance(parsed, dict) else {}, raw_arguments=raw
+    )
 
 
 def http_status_error(

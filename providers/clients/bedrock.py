@@ -37,6 +37,7 @@ from providers.clients.base import (
     TurnEnd,
     Usage,
     endpoint_host,
+    tool_call_from_fragments,
 )
 
 if TYPE_CHECKING:
@@ -415,14 +416,7 @@ async def stream(
 
 
 def _tool_call(slot: dict[str, Any]) -> ToolCallRequest:
-    raw = "".join(slot["parts"])
-    try:
-        parsed = json.loads(raw) if raw.strip() else {}
-    except ValueError:
-        parsed = {}
-    return ToolCallRequest(
-        id=slot["id"], name=slot["name"], arguments=parsed if isinstance(parsed, dict) else {}, raw_arguments=raw
-    )
+    return tool_call_from_fragments(call_id=slot["id"], name=slot["name"], fragments=slot["parts"])
 
 
 class _ErrorContext:

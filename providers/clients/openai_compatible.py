@@ -36,6 +36,7 @@ from providers.clients.base import (
     connection_error,
     endpoint_host,
     http_status_error,
+    tool_call_from_fragments,
 )
 
 if TYPE_CHECKING:
@@ -239,17 +240,11 @@ class _Calls:
         calls = []
         for index in sorted(self.slots):
             slot = self.slots[index]
-            raw = "".join(slot["arguments"])
-            try:
-                parsed = json.loads(raw) if raw.strip() else {}
-            except ValueError:
-                parsed = {}
             calls.append(
-                ToolCallRequest(
-                    id=slot["id"] or f"call_{uuid.uuid4().hex[:24]}",
+                tool_call_from_fragments(
+                    call_id=slot["id"] or f"call_{uuid.uuid4().hex[:24]}",
                     name=slot["name"],
-                    arguments=parsed if isinstance(parsed, dict) else {},
-                    raw_arguments=raw,
+                    fragments=slot["arguments"],
                 )
             )
         return calls
