@@ -49,7 +49,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 DEFAULT_MODEL_ID = "airlock-simulator"
 DEFAULT_CHUNK_CHARS = 4
@@ -797,22 +797,18 @@ class _AnthropicMessage:
         yield "message_stop", {"type": "message_stop"}
 
 
-class ModelSimulator:
-    """A scripted model server on loopback (OpenAI, Azure OpenAI, Anthropic); each chat request consumes a turn."""
+class ScriptedLoopback:
+    """A scripted server on loopback: lifecycle, the script of turns and the record of requests.
 
-    def __init__(
-        self,
-        script: list[dict[str, Any]] | None = None,
-        *,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        api_key: str | None = None,
-        default_chunk_delay: float = 0.0,
-    ) -> None:
+    The simulator and the tests' vendor fakes share it; subclasses set `handler_class` and `thread_name`.
+    """
+
+    handler_class: type[BaseHTTPRequestHandler]
+    thread_name = "scripted-loopback"
+
+    def __init__(self, script: list[dict[str, Any]] | None = None, *, host: str = "127.0.0.1", port: int = 0) -> None:
         self.host = host
         self.port = port
-        self.api_key = api_key
-        self.default_chunk_delay = default_chunk_delay
         self._lock = threading.Lock()
         self._turns: list[dict[str, Any]] = [dict(turn) for turn in script or []]
         self._requests: list[dict[str, Any]] = []
@@ -820,16 +816,14 @@ class ModelSimulator:
         self._server: LoopbackServer | None = None
         self._thread: threading.Thread | None = None
 
-    # -- lifecycle -------------------------------------------------------------------------------------------
-
-    def start(self) -> ModelSimulator:
+    def start(self) -> Self:
         """Bind the port and serve in a background thread."""
         if self._server is not None:
             return self
-        self._server = LoopbackServer((self.host, self.port), _Handler, self)
+        self._server = LoopbackServer((self.host, self.port), self.handler_class, self)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="model-simulator", daemon=True
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=self.thread_name, daemon=True
         )
         self._thread.start()
         return self
@@ -846,7 +840,7 @@ class ModelSimulator:
             self._thread.join(timeout=5)
             self._thread = None
 
-    def __enter__(self) -> ModelSimulator:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(
@@ -855,29 +849,15 @@ class ModelSimulator:
         self.stop()
 
     @property
-    def base_url(self) -> str:
-        """The OpenAI base URL clients use, ending in /v1."""
-        return f"{self.root_url}/v1"
-
-    @property
     def root_url(self) -> str:
-        """The server's root: the Anthropic base URL and the Azure OpenAI endpoint."""
+        """Scheme, host and port of the server."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
-    # -- script ----------------------------------------------------------------------------------------------
-
     def enqueue(self, *turns: dict[str, Any]) -> None:
-        """Append turns to the script; each chat request consumes the first one."""
+        """Append turns to the script; each model request consumes the first one."""
         with self._lock:
             self._turns.extend(dict(turn) for turn in turns)
-
-    def reset(self) -> None:
-        """Forget the script and the recorded requests."""
-        with self._lock:
-            self._turns.clear()
-            self._requests.clear()
-            self._request_log.clear()
 
     @property
     def pending_turns(self) -> int:
@@ -887,15 +867,47 @@ class ModelSimulator:
 
     @property
     def requests(self) -> list[dict[str, Any]]:
-        """The JSON bodies of the chat requests received (after authentication), oldest first."""
+        """The JSON bodies of the model requests received (after authentication), oldest first."""
         with self._lock:
-            return [json.loads(json.dumps(body)) for body in self._requests]
+            return json.loads(json.dumps(self._requests))
 
     @property
     def request_log(self) -> list[dict[str, Any]]:
-        """Each chat request's path, headers (keys masked), client port, arrival (time.monotonic()) and body."""
+        """Each model request's path, headers (secrets masked) and body, rejected ones included."""
         with self._lock:
             return json.loads(json.dumps(self._request_log))
+
+
+class ModelSimulator(ScriptedLoopback):
+    """A scripted model server on loopback (OpenAI, Azure OpenAI, Anthropic); each chat request consumes a turn."""
+
+    handler_class = _Handler
+    thread_name = "model-simulator"
+
+    def __init__(
+        self,
+        script: list[dict[str, Any]] | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        api_key: str | None = None,
+        default_chunk_delay: float = 0.0,
+    ) -> None:
+        super().__init__(script, host=host, port=port)
+        self.api_key = api_key
+        self.default_chunk_delay = default_chunk_delay
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI base URL clients use, ending in /v1."""
+        return f"{self.root_url}/v1"
+
+    def reset(self) -> None:
+        """Forget the script and the recorded requests."""
+        with self._lock:
+            self._turns.clear()
+            self._requests.clear()
+            self._request_log.clear()
 
     def models_payload(self, protocol: str = OPENAI) -> dict[str, Any]:
         """The GET /v1/models answer: the simulator's model plus any model a client asked for."""

@@ -16,15 +16,12 @@ Every server takes the same turn format as providers/simulator.py; every key is 
 from __future__ import annotations
 
 import contextlib
-import json
 import socket
-import threading
 import time
 from http.server import BaseHTTPRequestHandler
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
-from providers.simulator import ConnectionDropped, LoopbackServer
+from providers.simulator import ConnectionDropped, LoopbackServer, ScriptedLoopback
 
 DEFAULT_CHUNK_CHARS = 4
 MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -115,82 +112,16 @@ class ScriptedHandler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
-class ScriptedServer:
+class ScriptedServer(ScriptedLoopback):
     """A scripted vendor server on loopback; one turn is consumed per model request."""
 
     handler_class: type[ScriptedHandler] = ScriptedHandler
     thread_name = "fake-vendor"
 
-    def __init__(self, script: list[dict[str, Any]] | None = None, *, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.host = host
-        self.port = port
-        self._lock = threading.Lock()
-        self._turns: list[dict[str, Any]] = [dict(turn) for turn in script or []]
-        self._requests: list[dict[str, Any]] = []
-        self._request_log: list[dict[str, Any]] = []
-        self._server: LoopbackServer | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> Self:
-        """Bind the port and serve in a background thread."""
-        if self._server is not None:
-            return self
-        self._server = LoopbackServer((self.host, self.port), self.handler_class, self)
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=self.thread_name, daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close every open connection."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.close_open_connections()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        self.stop()
-
     @property
     def base_url(self) -> str:
         """The URL clients are pointed at (scheme, host and port)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-    def enqueue(self, *turns: dict[str, Any]) -> None:
-        """Append turns to the script; each model request consumes the first one."""
-        with self._lock:
-            self._turns.extend(dict(turn) for turn in turns)
-
-    @property
-    def pending_turns(self) -> int:
-        """How many scripted turns are left."""
-        with self._lock:
-            return len(self._turns)
-
-    @property
-    def requests(self) -> list[dict[str, Any]]:
-        """The JSON bodies of the model requests received (after authentication), oldest first."""
-        with self._lock:
-            return json.loads(json.dumps(self._requests))
-
-    @property
-    def request_log(self) -> list[dict[str, Any]]:
-        """Every model request's method, path, headers (secrets masked) and body, rejected ones included."""
-        with self._lock:
-            return json.loads(json.dumps(self._request_log))
+        return self.root_url
 
     def next_turn(self) -> dict[str, Any]:
         """The next scripted turn (a short default answer when the script is empty)."""
