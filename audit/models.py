@@ -27,16 +27,12 @@ class ActorType(models.TextChoices):
     SYSTEM = "system", "System"
 
 
-class AuditEvent(models.Model):
-    """One audited action; never updated or deleted by the application.
+class AuditEventContent(models.Model):
+    """What an event says (AU-3: what, outcome, who, from where, on what, correlation ids, details).
 
-    `hash = sha256(prev_hash || canonical_json(event))` chains each organization's events.
+    Shared by the chained `AuditEvent` and the `AuditPendingEvent` waiting for its place in the chain.
     """
 
-    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="audit_events")
-    sequence = models.BigIntegerField()
-    occurred_at = models.DateTimeField()
     action = models.CharField(max_length=100)
     outcome = models.CharField(max_length=16, choices=Outcome.choices, default=Outcome.SUCCESS)
     error = models.TextField(blank=True, default="")
@@ -50,10 +46,25 @@ class AuditEvent(models.Model):
     target_type = models.CharField(max_length=64, blank=True, default="")
     target_id = models.CharField(max_length=64, blank=True, default="")
     target_display = models.CharField(max_length=300, blank=True, default="")
-    session_id = models.CharField(max_length=64, blank=True, default="", db_index=True)
     workspace_id = models.CharField(max_length=64, blank=True, default="")
     model_call_id = models.CharField(max_length=64, blank=True, default="")
     data = models.JSONField(default=dict)
+
+    class Meta:
+        abstract = True
+
+
+class AuditEvent(AuditEventContent):
+    """One audited action; never updated or deleted by the application.
+
+    `hash = sha256(prev_hash || canonical_json(event))` chains each organization's events.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="audit_events")
+    sequence = models.BigIntegerField()
+    occurred_at = models.DateTimeField()
+    session_id = models.CharField(max_length=64, blank=True, default="", db_index=True)
     prev_hash = models.CharField(max_length=64)
     hash = models.CharField(max_length=64)
 
@@ -83,7 +94,7 @@ class AuditChainHead(models.Model):
         return f"{self.organization_id} head #{self.sequence}"
 
 
-class AuditPendingEvent(models.Model):
+class AuditPendingEvent(AuditEventContent):
     """An event written by `record()` in batched chaining mode, waiting for the chainer to give it its place.
 
     `record()` inserts it in the caller's transaction (so it commits or rolls back with the caller) without
@@ -108,23 +119,7 @@ class AuditPendingEvent(models.Model):
         related_name="audit_pending_events",
     )
     occurred_at = models.DateTimeField()
-    action = models.CharField(max_length=100)
-    outcome = models.CharField(max_length=16, choices=Outcome.choices, default=Outcome.SUCCESS)
-    error = models.TextField(blank=True, default="")
-    actor_type = models.CharField(max_length=16, choices=ActorType.choices)
-    actor_id = models.CharField(max_length=64, blank=True, default="")
-    actor_display = models.CharField(max_length=200, blank=True, default="")
-    auth_method = models.CharField(max_length=32, blank=True, default="")
-    source_ip = models.CharField(max_length=64, blank=True, default="")
-    user_agent = models.CharField(max_length=500, blank=True, default="")
-    request_id = models.CharField(max_length=64, blank=True, default="")
-    target_type = models.CharField(max_length=64, blank=True, default="")
-    target_id = models.CharField(max_length=64, blank=True, default="")
-    target_display = models.CharField(max_length=300, blank=True, default="")
     session_id = models.CharField(max_length=64, blank=True, default="")
-    workspace_id = models.CharField(max_length=64, blank=True, default="")
-    model_call_id = models.CharField(max_length=64, blank=True, default="")
-    data = models.JSONField(default=dict)
 
     class Meta:
         indexes = [models.Index(fields=["organization", "id"], name="audit_pending_org_id")]
