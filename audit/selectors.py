@@ -22,7 +22,7 @@ from django.db.models import Q, QuerySet, TextField
 from django.db.models.functions import Cast
 from django.utils.dateparse import parse_date, parse_datetime
 
-from audit.models import ActorType, AuditChainHead, AuditEvent, Outcome
+from audit.models import ActorType, AuditChainHead, AuditEvent, AuditSettings, Outcome
 from organizations.models import Organization
 from organizations.permissions import require_permission
 
@@ -238,3 +238,13 @@ def session_timeline_page(
     """Up to `limit` events of a session with a sequence above `after`, oldest first (one query)."""
     queryset = session_timeline(user=user, organization=organization, session_id=session_id)
     return list(queryset.filter(sequence__gt=after).order_by("sequence")[:limit])
+
+
+# --- settings page ------------------------------------------------------------------------------------------
+
+
+def audit_settings_for_user(*, user: AbstractBaseUser | AnonymousUser, organization: Organization) -> AuditSettings:
+    """The organization's audit settings (an unsaved default row if it never changed them); owners and auditors."""
+    require_permission(user, organization, VIEW_ACTION)
+    row = AuditSettings.objects.filter(organization_id=organization.pk).first()
+    return row if row is not None else AuditSettings(organization=organization)

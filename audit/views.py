@@ -1,29 +1,42 @@
-"""Audit pages: browse the log with filters, read one event whole, follow a session's timeline.
+"""Audit pages: browse the log with filters, read one event whole, follow a session's timeline, the settings.
 
 Owners and auditors only: a non-member gets 404 (like a missing organization), a member without the role
-403. Every page of the log is a query of it, audited as `audit.viewed`.
+403. Every page of the log is a query of it, audited as `audit.viewed`. The settings page is not a query of
+the log: auditors read it, owners change it through the audited settings and retention services.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import ValidationError
-from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import render
-from django.views.decorators.http import require_GET
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_http_methods
 
-from audit.models import AuditEvent, Outcome
+from audit.forms import (
+    CONTENT_POLICY_HELP,
+    CONTENT_POLICY_TITLES,
+    ContentPolicyForm,
+    RetentionForm,
+    apply_service_errors,
+)
+from audit.forwarding.selectors import destinations_for_user
+from audit.models import AuditEvent, AuditSettings, Outcome
+from audit.retention import audit_retention_update
 from audit.selectors import (
     DEFAULT_PAGE_SIZE,
     DEFAULT_TIMELINE_SIZE,
     FILTER_NAMES,
     MAX_PAGE_SIZE,
     EventFilters,
+    audit_settings_for_user,
     event_for_user,
     event_neighbours,
     events_page,
@@ -31,9 +44,10 @@ from audit.selectors import (
     parse_page_number,
     session_timeline_page,
 )
+from audit.settings_services import audit_settings_update
 from audit.viewing import audit_viewed_record
 from organizations.models import Organization
-from organizations.permissions import is_member, require_permission
+from organizations.permissions import has_permission, is_member, require_permission
 
 PREVIEW_CHARS = 600
 
@@ -207,3 +221,61 @@ def session_detail(request: HttpRequest, slug: str, session_id: str) -> HttpResp
         "next_after": events[-1].sequence if len(events) == DEFAULT_TIMELINE_SIZE else None,
     }
     return render(request, "audit/session.html", context)
+
+
+MANAGE_ACTION = "org.manage"  # owners (and superusers) change the settings; auditors only read them
+
+
+def _save_settings(
+    request: HttpRequest,
+    organization: Organization,
+    form: ContentPolicyForm | RetentionForm,
+    service: Callable[..., AuditSettings],
+) -> HttpResponse | None:
+    """Call the section's service with the form's values: a redirect when saved, None to show the errors."""
+    if not form.is_valid():
+        return None
+    before = form.state(form.current)
+    try:
+        saved = service(actor=request.user, organization=organization, **form.service_arguments())
+    except ValidationError as error:
+        apply_service_errors(form, error)
+        return None
+    messages.success(request, form.saved_message if form.state(saved) != before else "Nothing changed.")
+    return redirect("audit:settings", slug=organization.slug)
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+def settings_page(request: HttpRequest, slug: str) -> HttpResponse:
+    """The audit settings: content policy, redaction patterns, retention, legal hold, SIEM destinations' state."""
+    organization = _organization_for_reader(request, slug)
+    can_edit = has_permission(request.user, organization, MANAGE_ACTION)
+    current = audit_settings_for_user(user=request.user, organization=organization)
+    policy_form = ContentPolicyForm(current=current)
+    retention_form = RetentionForm(current=current)
+    if request.method == "POST":
+        if not can_edit:
+            raise PermissionDenied("Only owners may change the audit settings.")
+        section = request.POST.get("section")
+        if section == "policy":
+            policy_form = ContentPolicyForm(request.POST, current=current)
+            done = _save_settings(request, organization, policy_form, audit_settings_update)
+        elif section == "retention":
+            retention_form = RetentionForm(request.POST, current=current)
+            done = _save_settings(request, organization, retention_form, audit_retention_update)
+        else:
+            return HttpResponseBadRequest("Unknown settings section.", content_type="text/plain; charset=utf-8")
+        if done is not None:
+            return done
+    context = {
+        "organization": organization,
+        "can_edit": can_edit,
+        "current": current,
+        "policy_title": CONTENT_POLICY_TITLES.get(current.content_policy, current.content_policy),
+        "policy_help": CONTENT_POLICY_HELP.get(current.content_policy, ""),
+        "policy_form": policy_form,
+        "retention_form": retention_form,
+        "destinations": list(destinations_for_user(user=request.user, organization=organization)),
+    }
+    return render(request, "audit/settings.html", context)
