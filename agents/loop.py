@@ -24,6 +24,7 @@ from providers.clients import (
     CallSummary,
     ModelCallError,
     ReasoningDelta,
+    ReasoningState,
     TextDelta,
     ToolCallRequest,
     ToolSpec,
@@ -65,6 +66,7 @@ class StepResult:
 
     text: str = ""
     reasoning: str = ""
+    reasoning_state: ReasoningState | None = None
     tool_calls: list[ToolCallRequest] = field(default_factory=list)
     usage: Usage | None = None
     summary: CallSummary | None = None
@@ -84,6 +86,8 @@ def _conversation(session_id: uuid.UUID) -> list[dict[str, Any]]:
         item: dict[str, Any] = {"role": message.role, "content": message.content}
         if message.tool_calls:
             item["tool_calls"] = message.tool_calls
+        if message.reasoning:
+            item["reasoning"] = message.reasoning
         if message.tool_call_id:
             item["tool_call_id"] = message.tool_call_id
         messages.append(item)
@@ -182,6 +186,7 @@ class AgentTurn:
                 role=MessageRole.ASSISTANT,
                 content=result.text,
                 tool_calls=[{"id": c.id, "name": c.name, "arguments": c.arguments} for c in result.tool_calls],
+                reasoning=result.reasoning_state.as_message_field() if result.reasoning_state else {},
             )
             await self.stream.emit("assistant.message", text=result.text, step=step)
             if not result.tool_calls:
@@ -216,6 +221,8 @@ class AgentTurn:
                 result.tool_calls.append(event)
             elif isinstance(event, Usage):
                 result.usage = event
+            elif isinstance(event, ReasoningState):
+                result.reasoning_state = event
             elif isinstance(event, TurnEnd):
                 result.stop_reason = event.stop_reason
 

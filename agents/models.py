@@ -79,6 +79,9 @@ class Message(models.Model):
     role = models.CharField(max_length=16, choices=MessageRole.choices)
     content = models.TextField(blank=True, default="")
     tool_calls = models.JSONField(default=list, blank=True)
+    # The vendor's opaque reasoning of an assistant answer ({"kind": ..., "blocks": [...]}, see
+    # providers.clients.ReasoningState), sent back verbatim with this message to the same kind of vendor.
+    reasoning = models.JSONField(default=dict, blank=True)
     tool_call_id = models.CharField(max_length=100, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
 

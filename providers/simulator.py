@@ -17,6 +17,7 @@ Base URLs: `simulator.base_url` (OpenAI, ends in /v1); `simulator.root_url` (Ant
 A turn is a dict; every key is optional:
     text            the assistant's text, streamed in pieces of `chunk_chars` characters
     thinking        reasoning streamed before the text (Anthropic: a thinking block; OpenAI: reasoning_content)
+    redacted_thinking  Anthropic only: a label; the answer gets a redacted_thinking block whose `data` hides it
     tool_calls      [{"name": "execute", "arguments": {"command": "ls"}, "id": "call_1"}]; arguments may be a
                     dict (sent as JSON) or a string (sent as is, e.g. to simulate broken JSON)
     error           {"status": 429, "message": "...", "retry_after": 1, "type": "...", "code": "..."}
@@ -29,15 +30,25 @@ A turn is a dict; every key is optional:
     finish_reason   overrides "stop" / "tool_calls" (e.g. "length", "content_filter"); Anthropic gets the
                     matching stop_reason ("end_turn", "tool_use", "max_tokens", "refusal"), or the value as is
     drop_after_chunks  close the connection after this many SSE events, mid-stream
+
+Anthropic extended thinking is checked as the API checks it: thinking blocks carry a `signature` (and
+redacted_thinking blocks `data`) that only this simulator can issue, a thinking or redacted_thinking block sent
+back with a wrong one is refused, and with `thinking` enabled a request answering an assistant turn's tool calls
+(the last message holds only tool_result blocks) is refused with a 400 invalid_request_error unless that
+assistant turn starts with its thinking blocks.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import contextlib
+import hashlib
 import hmac
 import json
 import re
+import secrets
 import signal
 import socket
 import sys
@@ -91,6 +102,78 @@ _ANTHROPIC_STOP_REASONS: dict[str, str] = {
 
 OPENAI, AZURE, ANTHROPIC = "openai", "azure", "anthropic"
 _AZURE_CHAT_PATH = re.compile(r"^/openai/deployments/([^/]+)/chat/completions$")
+
+# The key thinking signatures are made with: one per process, so that every simulator (every "Anthropic endpoint")
+# accepts what another one signed, as Anthropic's API does, and nothing else can make one.
+_THINKING_KEY = secrets.token_bytes(32)
+THINKING_BLOCK_TYPES = ("thinking", "redacted_thinking")
+MISSING_THINKING_MESSAGE = (
+    "messages.{position}.content.0.type: Expected `thinking` or `redacted_thinking`, but found `{found}`. When "
+    "`thinking` is enabled, a final `assistant` message must start with a thinking block (preceeding the lastmost "
+    "set of `tool_use` and `tool_result` blocks). We recommend you include thinking blocks from previous turns. To "
+    "avoid this requirement, disable `thinking`. Please consult our documentation at "
+    "https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
+)
+
+
+def thinking_signature(thinking: str) -> str:
+    """The signature this simulator gives a thinking block (it covers the block's text)."""
+    mac = hmac.new(_THINKING_KEY, b"thinking\0" + thinking.encode(), hashlib.sha256).digest()
+    return base64.b64encode(b"airlock-sim-thinking:" + mac).decode()
+
+
+def redacted_thinking_data(label: str) -> str:
+    """The encrypted-looking `data` of a redacted_thinking block that hides `label`."""
+    payload = label.encode()
+    mac = hmac.new(_THINKING_KEY, b"redacted\0" + payload, hashlib.sha256).digest()
+    return base64.b64encode(payload + mac).decode()
+
+
+def _redacted_data_valid(data: Any) -> bool:
+    try:
+        raw = base64.b64decode(data, validate=True) if isinstance(data, str) else b""
+    except (binascii.Error, ValueError):
+        return False
+    payload, mac = raw[:-32], raw[-32:]
+    expected = hmac.new(_THINKING_KEY, b"redacted\0" + payload, hashlib.sha256).digest()
+    return len(raw) > 32 and hmac.compare_digest(mac, expected)
+
+
+def anthropic_thinking_error(body: dict[str, Any]) -> str | None:
+    """Why the Messages API would refuse this request's thinking blocks (None when it would accept them)."""
+    messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    for position, message in enumerate(messages):
+        content = message.get("content")
+        if message.get("role") != "assistant" or not isinstance(content, list):
+            continue
+        for index, block in enumerate(content):
+            if not isinstance(block, dict):
+                continue
+            if block.get("type") == "thinking":
+                signature = block.get("signature")
+                expected = thinking_signature(str(block.get("thinking") or ""))
+                if not isinstance(signature, str) or not hmac.compare_digest(signature, expected):
+                    return f"messages.{position}.content.{index}: Invalid `signature` in `thinking` block"
+            elif block.get("type") == "redacted_thinking" and not _redacted_data_valid(block.get("data")):
+                return f"messages.{position}.content.{index}: Invalid `data` in `redacted_thinking` block"
+    if (body.get("thinking") or {}).get("type") != "enabled" or len(messages) < 2:
+        return None
+    last, previous = messages[-1], messages[-2]
+    results, content = last.get("content"), previous.get("content")
+    answers_tools = (
+        last.get("role") == "user"
+        and isinstance(results, list)
+        and bool(results)
+        and all(isinstance(b, dict) and b.get("type") == "tool_result" for b in results)
+    )
+    if not answers_tools or previous.get("role") != "assistant" or not isinstance(content, list):
+        return None
+    if not any(isinstance(b, dict) and b.get("type") == "tool_use" for b in content):
+        return None
+    found = content[0].get("type") if content and isinstance(content[0], dict) else "nothing"
+    if found in THINKING_BLOCK_TYPES:
+        return None
+    return MISSING_THINKING_MESSAGE.format(position=len(messages) - 2, found=found)
 
 
 def _anthropic_error_body(status: int, message: str | None = None, *, type_: str | None = None) -> dict:
@@ -375,6 +458,10 @@ class _Handler(BaseHTTPRequestHandler):
             if not self._authorized(ANTHROPIC):
                 return
             simulator._record(body, self)
+            refusal = anthropic_thinking_error(body)
+            if refusal is not None:  # refused before the model runs: the scripted turn is left for the next request
+                self._send_error_turn({"status": 400, "message": refusal}, ANTHROPIC)
+                return
             self._anthropic_message(body, simulator._next_turn(openai_view(body)))
         elif path == "/_simulator/script":
             turns = body.get("turns") if isinstance(body, dict) else None
@@ -684,6 +771,7 @@ class _AnthropicMessage:
         self.model = str(body.get("model") or DEFAULT_MODEL_ID)
         self.text = str(turn.get("text") or "")
         self.thinking = str(turn.get("thinking") or "")
+        self.redacted = str(turn.get("redacted_thinking") or "")
         self.chunk_chars = max(1, int(turn.get("chunk_chars") or DEFAULT_CHUNK_CHARS))
         self.tool_calls = []
         for call in turn.get("tool_calls") or []:
@@ -710,7 +798,10 @@ class _AnthropicMessage:
     def _blocks(self) -> list[dict[str, Any]]:
         blocks: list[dict[str, Any]] = []
         if self.thinking:
-            blocks.append({"type": "thinking", "thinking": self.thinking, "signature": "sim-signature"})
+            signature = thinking_signature(self.thinking)
+            blocks.append({"type": "thinking", "thinking": self.thinking, "signature": signature})
+        if self.redacted:
+            blocks.append({"type": "redacted_thinking", "data": redacted_thinking_data(self.redacted)})
         if self.text:
             blocks.append({"type": "text", "text": self.text})
         for call in self.tool_calls:
@@ -752,8 +843,16 @@ class _AnthropicMessage:
             for piece in _pieces(self.thinking, self.chunk_chars):
                 delta = {"type": "thinking_delta", "thinking": piece}
                 yield "content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}
-            delta = {"type": "signature_delta", "signature": "sim-signature"}
+            delta = {"type": "signature_delta", "signature": thinking_signature(self.thinking)}
             yield "content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}
+            yield "content_block_stop", {"type": "content_block_stop", "index": index}
+            index += 1
+        if self.redacted:
+            block = {"type": "redacted_thinking", "data": redacted_thinking_data(self.redacted)}
+            yield (
+                "content_block_start",
+                {"type": "content_block_start", "index": index, "content_block": block},
+            )
             yield "content_block_stop", {"type": "content_block_stop", "index": index}
             index += 1
         if self.text:

@@ -11,6 +11,7 @@ from providers.clients.base import (
     CallSummary,
     ModelCallError,
     ReasoningDelta,
+    ReasoningState,
     StreamEvent,
     TextDelta,
     ToolCallRequest,
@@ -28,6 +29,7 @@ __all__ = [
     "CallSummary",
     "ModelCallError",
     "ReasoningDelta",
+    "ReasoningState",
     "RetryPolicy",
     "StreamEvent",
     "TextDelta",
@@ -83,8 +85,10 @@ def stream_turn(
     tools: list[ToolSpec],
     correlation: dict[str, str] | None = None,
 ) -> AsyncIterator[StreamEvent]:
-    """Call the model and yield ReasoningDelta*/TextDelta*, ToolCallRequest*, Usage, CallSummary, then TurnEnd.
+    """Call the model: ReasoningDelta*/TextDelta*, ToolCallRequest*, ReasoningState?, Usage, CallSummary, TurnEnd.
 
+    A ReasoningState, when the answer has one, belongs with the assistant message as its "reasoning" (see
+    `providers.clients.base`): the next call sends it back to the same kind of vendor and drops it for any other.
     Retries retryable failures while nothing has been yielded, then tries the model's fallback; on final failure
     raises ModelCallError with `.attempts` set. (A plain function returning the async generator: one hop less
     per event; use it with `async for`, or `aclosing(...)` to close it early.)

@@ -4,6 +4,10 @@ Vendor types stay in this module: neutral messages go in (tool results become `t
 turn, assistant tool calls `tool_use` blocks), neutral events come out (text, reasoning from extended thinking,
 tool calls assembled from `input_json_delta` fragments, usage with cache tokens, a stop reason), and every SDK
 error leaves as a ModelCallError whose message never contains the API key.
+
+Extended thinking with tools: the API refuses a conversation whose assistant tool-use turn does not start with
+the thinking blocks it sent, signature and all. The signed `thinking` and `redacted_thinking` blocks of an answer
+leave as a ReasoningState of kind "anthropic", and go back verbatim at the start of that assistant turn.
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ import httpx2
 from providers.clients.base import (
     ModelCallError,
     ReasoningDelta,
+    ReasoningState,
     StreamEvent,
     TextDelta,
     ToolCallRequest,
     ToolSpec,
     TurnEnd,
     Usage,
+    reasoning_blocks,
     tool_call_from_fragments,
 )
 from providers.clients.openai_compatible import (
@@ -43,6 +49,8 @@ if TYPE_CHECKING:
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 DEFAULT_MAX_TOKENS = 4096
 INTERRUPTED_RESULT = "(no result: the call was interrupted)"
+REASONING_KIND = "anthropic"  # the ReasoningState kind this adapter emits and sends back
+THINKING_BLOCK_TYPES = ("thinking", "redacted_thinking")
 
 STOP_REASONS: dict[str, str] = {
     "end_turn": "end_turn",
@@ -94,6 +102,7 @@ def wire_messages(system: str, messages: list[dict[str, Any]]) -> tuple[str, lis
     Turns alternate user/assistant: consecutive messages of one role are merged, tool results travel as
     `tool_result` blocks in the next user turn, a system message later in the conversation joins the system
     prompt, and a tool call that never got its result gets a stand-in result (the API rejects it otherwise).
+    An assistant turn starts with the thinking blocks of its "reasoning", when that came from this protocol.
     """
     system_parts = [system] if system else []
     wire: list[dict[str, Any]] = []
@@ -134,7 +143,8 @@ def wire_messages(system: str, messages: list[dict[str, Any]]) -> tuple[str, lis
                 )
                 unanswered.append(call["id"])
             if blocks:
-                append("assistant", blocks)
+                signed = reasoning_blocks(message, REASONING_KIND)
+                append("assistant", [*(b for b in signed if b.get("type") in THINKING_BLOCK_TYPES), *blocks])
         elif role == "tool":
             call_id = message.get("tool_call_id") or ""
             if call_id in unanswered:
@@ -144,6 +154,22 @@ def wire_messages(system: str, messages: list[dict[str, Any]]) -> tuple[str, lis
             raise ValueError(f"Message {position} has role {role!r}: use user, assistant or tool.")
     close_unanswered()
     return "\n\n".join(system_parts), wire
+
+
+def answers_unsigned_tool_turn(wire: list[dict[str, Any]]) -> bool:
+    """Whether the request answers tool calls of an assistant turn that does not start with a thinking block.
+
+    With thinking on, the API refuses that (a turn from another vendor, or from before thinking was turned on,
+    has no signed thinking to send back); with thinking off for this one request it accepts it.
+    """
+    if len(wire) < 2 or wire[-1]["role"] != "user":
+        return False
+    if not all(block.get("type") == "tool_result" for block in wire[-1]["content"]):
+        return False
+    assistant = wire[-2]
+    if assistant["role"] != "assistant" or not any(b.get("type") == "tool_use" for b in assistant["content"]):
+        return False
+    return assistant["content"][0].get("type") not in THINKING_BLOCK_TYPES
 
 
 def request_options(model: LanguageModel) -> dict[str, Any]:
@@ -195,6 +221,46 @@ class _Blocks:
         return calls
 
 
+class _Thinking:
+    """The answer's thinking and redacted_thinking blocks, by content block index, to be sent back verbatim."""
+
+    def __init__(self) -> None:
+        self.slots: dict[int, dict[str, Any]] = {}
+
+    def start(self, index: int, block: Any) -> None:
+        """Open a thinking block (its text may start in the opening event)."""
+        text = block.thinking or ""
+        self.slots[index] = {"parts": [text] if text else [], "signature": block.signature or ""}
+
+    def extend(self, index: int, text: str) -> None:
+        """Add one `thinking_delta` to a thinking block."""
+        slot = self.slots.get(index)
+        if slot is None:
+            slot = self.slots[index] = {"parts": [], "signature": ""}
+        slot["parts"].append(text)
+
+    def sign(self, index: int, signature: str) -> None:
+        """Take a thinking block's `signature_delta`."""
+        slot = self.slots.get(index)
+        if slot is not None and "data" not in slot:
+            slot["signature"] = signature
+
+    def redacted(self, index: int, data: str) -> None:
+        """Keep a redacted_thinking block (its encrypted `data` arrives whole in the opening event)."""
+        self.slots[index] = {"data": data}
+
+    def state(self) -> ReasoningState | None:
+        """The blocks in answer order, as the API wants them back; unsigned thinking (a cut stream) is left out."""
+        blocks: list[dict[str, Any]] = []
+        for index in sorted(self.slots):
+            slot = self.slots[index]
+            if "data" in slot:
+                blocks.append({"type": "redacted_thinking", "data": slot["data"]})
+            elif slot["signature"]:
+                blocks.append({"type": "thinking", "thinking": "".join(slot["parts"]), "signature": slot["signature"]})
+        return ReasoningState(kind=REASONING_KIND, blocks=tuple(blocks)) if blocks else None
+
+
 class _Tokens:
     """Usage as it arrives: message_start gives the input, message_delta the (cumulative) output."""
 
@@ -243,7 +309,10 @@ async def stream(
     context = ErrorContext(provider=provider, model=model, api_key=api_key, base_url=base_url, sdk=anthropic)
     client = await client_for(base_url=base_url, api_key=api_key or NO_KEY)
     system_prompt, wire = wire_messages(system, messages)
-    request: dict[str, Any] = {"model": model.identifier, "messages": wire, "stream": True, **request_options(model)}
+    options = request_options(model)
+    if "thinking" in options and answers_unsigned_tool_turn(wire):
+        del options["thinking"]  # no signed thinking to send back: the API accepts the turn only without thinking
+    request: dict[str, Any] = {"model": model.identifier, "messages": wire, "stream": True, **options}
     if system_prompt:
         request["system"] = system_prompt
     if tools:
@@ -255,6 +324,7 @@ async def stream(
         raise context.translate(exc, mid_stream=False) from None
 
     blocks = _Blocks()
+    thinking = _Thinking()
     tokens = _Tokens()
     stop_reason: str | None = None
     finished = False
@@ -280,17 +350,24 @@ async def stream(
                         yield TextDelta(delta.text)
                 elif delta.type == "thinking_delta":
                     if delta.thinking:
+                        thinking.extend(event.index, delta.thinking)
                         yield ReasoningDelta(delta.thinking)
                 elif delta.type == "input_json_delta":
                     blocks.extend(event.index, delta.partial_json)
+                elif delta.type == "signature_delta":
+                    thinking.sign(event.index, delta.signature)
             elif kind == "content_block_start":
                 block = event.content_block
                 if block.type == "tool_use":
                     blocks.start(event.index, block)
                 elif block.type == "text" and block.text:
                     yield TextDelta(block.text)
-                elif block.type == "thinking" and block.thinking:
-                    yield ReasoningDelta(block.thinking)
+                elif block.type == "thinking":
+                    thinking.start(event.index, block)
+                    if block.thinking:
+                        yield ReasoningDelta(block.thinking)
+                elif block.type == "redacted_thinking":
+                    thinking.redacted(event.index, block.data)
             elif kind == "message_start":
                 tokens.update(event.message.usage)
             elif kind == "message_delta":
@@ -307,6 +384,9 @@ async def stream(
     requests = blocks.requests()
     for call in requests:
         yield call
+    state = thinking.state()
+    if state is not None:
+        yield state
     if tokens.seen:
         yield tokens.usage()
     reason = STOP_REASONS.get(stop_reason or "", "end_turn")

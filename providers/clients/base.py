@@ -3,9 +3,11 @@
 No vendor type crosses this boundary. Messages going in are plain dicts:
     {"role": "user" | "assistant" | "tool", "content": str,
      "tool_calls": [{"id": str, "name": str, "arguments": dict}],   # assistant only, optional
+     "reasoning": {"kind": str, "blocks": [dict, ...]},             # assistant only, optional (ReasoningState)
      "tool_call_id": str}                                           # tool only
 Events coming out, in this order: ReasoningDelta* and TextDelta* (interleaved as the vendor sends them),
-ToolCallRequest*, Usage (when the provider reports it), CallSummary (from `stream_turn` only), TurnEnd.
+ToolCallRequest*, ReasoningState (when the vendor sent opaque reasoning to carry), Usage (when the provider
+reports it), CallSummary (from `stream_turn` only), TurnEnd.
 """
 
 from __future__ import annotations
@@ -68,6 +70,35 @@ class ToolCallRequest:
 
 
 @dataclass(frozen=True)
+class ReasoningState:
+    """The vendor's opaque reasoning of one answer, to be sent back verbatim with that assistant turn.
+
+    Thinking models sign their reasoning (Anthropic and Bedrock `thinking` blocks with a `signature` or encrypted
+    `redacted_thinking`, Gemini `thought_signature`s on parts) and refuse a tool-using conversation whose earlier
+    assistant turn lost it. `kind` names the wire protocol that produced it ("anthropic", "bedrock", "google");
+    `blocks` are JSON-ready dicts in that protocol's own terms, read only by its adapter. Yielded at most once per
+    call, after the ToolCallRequests. The caller stores `as_message_field()` as the assistant message's
+    "reasoning"; an adapter puts back only the blocks of its own kind (no other vendor can verify them).
+    """
+
+    kind: str
+    blocks: tuple[dict[str, Any], ...]
+
+    def as_message_field(self) -> dict[str, Any]:
+        """The value of the assistant message's "reasoning" key (JSON-ready)."""
+        return {"kind": self.kind, "blocks": [dict(block) for block in self.blocks]}
+
+
+def reasoning_blocks(message: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    """The reasoning blocks an assistant message carries for the wire protocol `kind` ([] for any other kind)."""
+    state = message.get("reasoning")
+    if not isinstance(state, dict) or state.get("kind") != kind:
+        return []
+    blocks = state.get("blocks")
+    return [block for block in blocks if isinstance(block, dict)] if isinstance(blocks, list) else []
+
+
+@dataclass(frozen=True)
 class Usage:
     """Tokens the call consumed, as the provider reported them.
 
@@ -106,7 +137,7 @@ class CallSummary:
     time_to_first_token_ms: int | None = None
 
 
-StreamEvent = TextDelta | ReasoningDelta | ToolCallRequest | Usage | CallSummary | TurnEnd
+StreamEvent = TextDelta | ReasoningDelta | ToolCallRequest | ReasoningState | Usage | CallSummary | TurnEnd
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,18 @@ through an asyncio.Queue: the loop never blocks on the network. Credentials are 
 key id and secret, or, with `use_ambient_credentials`, the server's default AWS credential chain (environment,
 instance or pod role). botocore's own retries are off: Airlock's retry layer decides. Every SDK error leaves as
 a ModelCallError whose message never contains the secret.
+
+Extended thinking with tools (Claude on Bedrock): Converse refuses an assistant tool-use turn that does not start
+with the `reasoningContent` blocks the model sent, signature included. Those blocks (text and signature, or the
+encrypted `redactedContent`) leave as a ReasoningState of kind "bedrock" and go back verbatim at the start of
+that assistant turn.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import hashlib
 import json
@@ -30,6 +37,7 @@ from portal.crypto import decrypt_secret
 from providers.clients.base import (
     ModelCallError,
     ReasoningDelta,
+    ReasoningState,
     StreamEvent,
     TextDelta,
     ToolCallRequest,
@@ -37,6 +45,7 @@ from providers.clients.base import (
     TurnEnd,
     Usage,
     endpoint_host,
+    reasoning_blocks,
     tool_call_from_fragments,
 )
 
@@ -44,6 +53,7 @@ if TYPE_CHECKING:
     from providers.models import LanguageModel, Provider
 
 CONNECT_TIMEOUT_SECONDS = 10.0
+REASONING_KIND = "bedrock"  # the ReasoningState kind this adapter emits and sends back
 MAX_CLIENTS = 32
 VENDOR_MESSAGE_CHARS = 300
 
@@ -174,11 +184,25 @@ def _arguments(value: Any) -> dict[str, Any]:
     return {}
 
 
+def _reasoning_content(block: dict[str, Any]) -> dict[str, Any] | None:
+    """A stored reasoning block as a Converse `reasoningContent` block (redactedContent back to bytes)."""
+    if block.get("redactedContent"):
+        try:
+            return {"reasoningContent": {"redactedContent": base64.b64decode(block["redactedContent"])}}
+        except (binascii.Error, TypeError, ValueError):
+            return None
+    if block.get("signature"):
+        text = {"text": str(block.get("text") or ""), "signature": str(block["signature"])}
+        return {"reasoningContent": {"reasoningText": text}}
+    return None
+
+
 def wire_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Neutral messages in the Converse shape: toolUse / toolResult content blocks, roles alternating.
 
     Consecutive messages of one role are merged (Converse rejects two user turns in a row), empty text blocks
-    are left out (Converse rejects them), and a tool call that never got its result gets a stand-in result.
+    are left out (Converse rejects them), and a tool call that never got its result gets a stand-in result. An
+    assistant turn starts with the reasoning blocks of its "reasoning", when that came from Bedrock.
     """
     wire: list[dict[str, Any]] = []
     unanswered: list[str] = []
@@ -218,6 +242,9 @@ def wire_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     }
                 )
                 unanswered.append(call_id)
+            if blocks:
+                signed = (_reasoning_content(b) for b in reasoning_blocks(message, REASONING_KIND))
+                blocks[:0] = [b for b in signed if b is not None]
             add("assistant", blocks or [{"text": "(no answer)"}])
         elif role == "tool":
             call_id = str(message.get("tool_call_id") or "")
@@ -228,6 +255,20 @@ def wire_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             raise ValueError(f"Message {position} has role {role!r}: use user, assistant or tool.")
     close_unanswered()
     return wire
+
+
+def answers_unsigned_tool_turn(wire: list[dict[str, Any]]) -> bool:
+    """Whether the request answers tool calls of an assistant turn that does not start with reasoning content.
+
+    With thinking on, Claude refuses that (a turn from another vendor, or from before thinking was turned on, has
+    no signed reasoning to send back); with thinking off for this one request it accepts it.
+    """
+    if len(wire) < 2 or wire[-1]["role"] != "user" or not all("toolResult" in b for b in wire[-1]["content"]):
+        return False
+    assistant = wire[-2]
+    if assistant["role"] != "assistant" or not any("toolUse" in b for b in assistant["content"]):
+        return False
+    return "reasoningContent" not in assistant["content"][0]
 
 
 def converse_request(
@@ -253,7 +294,8 @@ def converse_request(
     if inference:
         request["inferenceConfig"] = inference
     budget = options.get("thinking_budget_tokens")
-    if budget:  # Claude on Bedrock: extended thinking
+    # Claude on Bedrock: extended thinking, except for a request that could not carry the signed reasoning back
+    if budget and not answers_unsigned_tool_turn(request["messages"]):
         request["additionalModelRequestFields"] = {"thinking": {"type": "enabled", "budget_tokens": int(budget)}}
     return request
 
@@ -356,6 +398,7 @@ async def stream(
     worker.start()
 
     slots: dict[int, dict[str, Any]] = {}
+    reasoning: dict[int, dict[str, Any]] = {}
     stop_reason: str | None = None
     usage: dict[str, Any] | None = None
     received = False
@@ -385,8 +428,19 @@ async def stream(
                     index = int(block.get("contentBlockIndex", 0))
                     slot = slots.setdefault(index, {"id": f"tooluse_{uuid.uuid4().hex[:22]}", "name": "", "parts": []})
                     slot["parts"].append(str((delta.get("toolUse") or {}).get("input") or ""))
-                elif (delta.get("reasoningContent") or {}).get("text"):
-                    yield ReasoningDelta(delta["reasoningContent"]["text"])
+                elif "reasoningContent" in delta:
+                    piece = delta["reasoningContent"] or {}
+                    index = int(block.get("contentBlockIndex", 0))
+                    slot = reasoning.get(index)
+                    if slot is None:
+                        slot = reasoning[index] = {"parts": [], "signature": "", "redacted": b""}
+                    if piece.get("text"):
+                        slot["parts"].append(piece["text"])
+                        yield ReasoningDelta(piece["text"])
+                    if piece.get("signature"):
+                        slot["signature"] = piece["signature"]
+                    if piece.get("redactedContent"):
+                        slot["redacted"] += piece["redactedContent"]
             elif "messageStop" in value:
                 stop_reason = str(value["messageStop"].get("stopReason") or "end_turn")
             elif "metadata" in value:
@@ -405,6 +459,9 @@ async def stream(
     calls = [_tool_call(slots[index]) for index in sorted(slots)]
     for call in calls:
         yield call
+    state = _reasoning_state(reasoning)
+    if state is not None:
+        yield state
     if usage is not None:
         yield Usage(
             input_tokens=int(usage.get("inputTokens") or 0),
@@ -417,6 +474,18 @@ async def stream(
 
 def _tool_call(slot: dict[str, Any]) -> ToolCallRequest:
     return tool_call_from_fragments(call_id=slot["id"], name=slot["name"], fragments=slot["parts"])
+
+
+def _reasoning_state(reasoning: dict[int, dict[str, Any]]) -> ReasoningState | None:
+    """The answer's signed or redacted reasoning blocks, in order (JSON-ready: redactedContent as base64)."""
+    blocks: list[dict[str, Any]] = []
+    for index in sorted(reasoning):
+        slot = reasoning[index]
+        if slot["redacted"]:
+            blocks.append({"redactedContent": base64.b64encode(slot["redacted"]).decode()})
+        elif slot["signature"]:  # unsigned reasoning (a cut stream, a model that does not sign) cannot go back
+            blocks.append({"text": "".join(slot["parts"]), "signature": slot["signature"]})
+    return ReasoningState(kind=REASONING_KIND, blocks=tuple(blocks)) if blocks else None
 
 
 class _ErrorContext:

@@ -3,12 +3,18 @@
 Vendor types stay in this module: neutral messages go in, `providers.clients.base` events come out, and every
 SDK or transport error leaves as a ModelCallError whose message never contains the API key (which the SDK
 sends in the `x-goog-api-key` header).
+
+Thought signatures: thinking Gemini models sign parts of an answer (the first function call of each step, the
+last text part, sometimes a thought), and Gemini 3 refuses a tool-using turn whose function calls lost their
+signature. The signatures leave as a ReasoningState of kind "google" and go back on the same parts. Function
+calls whose arguments stream over several parts (`will_continue` / `partial_args`) are assembled into one call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import contextlib
 import hashlib
 import json
@@ -30,6 +36,7 @@ from portal.crypto import decrypt_secret
 from providers.clients.base import (
     ModelCallError,
     ReasoningDelta,
+    ReasoningState,
     StreamEvent,
     TextDelta,
     ToolCallRequest,
@@ -39,6 +46,7 @@ from providers.clients.base import (
     connection_error,
     endpoint_host,
     http_status_error,
+    reasoning_blocks,
 )
 
 if TYPE_CHECKING:
@@ -49,11 +57,11 @@ MAX_CLIENTS_PER_LOOP = 32
 VENDOR_MESSAGE_CHARS = 300
 # Our own ids for calls Gemini sent without one; they are never sent back to Gemini.
 LOCAL_CALL_ID_PREFIX = "gcall_"
-# Gemini 2.5+ wants each function call it made sent back with its thought signature. We keep the signatures of
-# recent calls in memory; a call whose signature is gone (another worker, a restart) gets the placeholder that
-# Google documents for conversations it did not produce.
+REASONING_KIND = "google"  # the ReasoningState kind this adapter emits and sends back
+# Gemini 2.5+ wants each function call it made sent back with its thought signature (from the assistant message's
+# "reasoning"); the first call of a turn that has none (another vendor's turn, one stored before signatures
+# were kept) gets the placeholder that Google documents for conversations it did not produce.
 SKIP_SIGNATURE = base64.urlsafe_b64decode("skip_thought_signature_validator")  # sent as that literal text
-MAX_REMEMBERED_SIGNATURES = 4096
 
 FINISH_REASONS: dict[str, str] = {
     "STOP": "end_turn",
@@ -75,7 +83,8 @@ TRANSPORT_ERRORS = (genai_errors.APIError, httpx2.HTTPError, httpx2.InvalidURL, 
 _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, OrderedDict[tuple, genai.Client]] = (
     weakref.WeakKeyDictionary()
 )
-_signatures: OrderedDict[str, bytes] = OrderedDict()
+# One step of a JSON path (RFC 9535) as streamed arguments name them: .name, [0], ['name'] or ["name"].
+_PATH_STEP = re.compile(r"""\.([^.\[\]]+)|\[(\d+)\]|\['((?:[^'\\]|\\.)*)'\]|\["((?:[^"\\]|\\.)*)"\]""")
 
 
 def _timeout_seconds() -> float:
@@ -113,11 +122,35 @@ def request_headers(provider: Provider, correlation: dict[str, str]) -> dict[str
     return headers
 
 
-def _remember_signature(call_id: str, signature: bytes) -> None:
-    _signatures[call_id] = signature
-    _signatures.move_to_end(call_id)
-    while len(_signatures) > MAX_REMEMBERED_SIGNATURES:
-        _signatures.popitem(last=False)
+def _signature_text(signature: bytes) -> str:
+    """A thought signature as stored (URL-safe base64, the SDK's own JSON form)."""
+    return base64.urlsafe_b64encode(signature).decode()
+
+
+def _signature_bytes(text: Any) -> bytes | None:
+    """A stored thought signature back to its bytes (None when it is not base64)."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return base64.urlsafe_b64decode(text.replace("+", "-").replace("/", "_"))
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _text_parts(content: str, signed: list[dict[str, Any]]) -> list[types.Part]:
+    """An answer's text as parts, each signature back on the exact text it came with (Gemini signs the last
+    parts of an answer, an empty one included); the unsigned rest is one part before them."""
+    tail: list[types.Part] = []
+    rest = content
+    for block in reversed(signed):
+        text = str(block.get("text") or "")
+        signature = _signature_bytes(block.get("signature"))
+        if signature is None or (text and not rest.endswith(text)):
+            continue  # a signature whose text is gone cannot be placed
+        if text:
+            rest = rest[: len(rest) - len(text)]
+        tail.insert(0, types.Part(text=text, thought_signature=signature))
+    return ([types.Part(text=rest)] if rest else []) + tail
 
 
 def _arguments(value: Any) -> dict[str, Any]:
@@ -134,7 +167,8 @@ def _arguments(value: Any) -> dict[str, Any]:
 
 def wire_contents(messages: list[dict[str, Any]]) -> list[types.Content]:
     """Neutral messages as Gemini contents: assistant tool calls become functionCall parts, tool results
-    functionResponse parts named after the call they answer; consecutive turns of one role are merged."""
+    functionResponse parts named after the call they answer; consecutive turns of one role are merged, and the
+    thought signatures of an assistant message's "reasoning" go back on the parts they came with."""
     contents: list[types.Content] = []
     names: dict[str, str] = {}
     unanswered: list[str] = []
@@ -164,7 +198,15 @@ def wire_contents(messages: list[dict[str, Any]]) -> list[types.Content]:
         if role in ("user", "system"):
             add("user", [types.Part(text=message.get("content") or " ")])
         elif role == "assistant":
-            parts = [types.Part(text=message["content"])] if message.get("content") else []
+            signed = reasoning_blocks(message, REASONING_KIND)
+            parts = [
+                types.Part(text=str(block["thought"]), thought=True, thought_signature=signature)
+                for block in signed
+                if "thought" in block and (signature := _signature_bytes(block.get("signature"))) is not None
+            ]
+            parts += _text_parts(str(message.get("content") or ""), [b for b in signed if "text" in b])
+            call_signatures = {str(b["call_id"]): b.get("signature") for b in signed if "call_id" in b}
+            first_call = True
             for call in message.get("tool_calls") or []:
                 call_id = str(call.get("id") or "")
                 names[call_id] = call["name"]
@@ -172,8 +214,12 @@ def wire_contents(messages: list[dict[str, Any]]) -> list[types.Content]:
                 if call_id and not call_id.startswith(LOCAL_CALL_ID_PREFIX):
                     function_call.id = call_id
                 part = types.Part(function_call=function_call)
-                if not any(p.function_call for p in parts):  # the signature belongs on the first call of a turn
-                    part.thought_signature = _signatures.get(call_id, SKIP_SIGNATURE)
+                signature = _signature_bytes(call_signatures.get(call_id))
+                if signature is None and first_call:  # the first call of a step must carry one
+                    signature = SKIP_SIGNATURE
+                if signature is not None:
+                    part.thought_signature = signature
+                first_call = False
                 parts.append(part)
                 unanswered.append(call_id)
             add("model", parts)
@@ -255,7 +301,8 @@ async def stream(
     except ValueError:
         raise context.not_gemini() from None
 
-    calls: list[ToolCallRequest] = []
+    calls = _Calls()
+    signed: list[dict[str, Any]] = []  # text and thought parts that carried a thought signature
     finish_reason: str | None = None
     usage: Any = None
     received = False  # the SDK sends the request on the first read: errors before any chunk are not mid-stream
@@ -275,16 +322,30 @@ async def stream(
                 usage = chunk.usage_metadata
             for candidate in (chunk.candidates or [])[:1]:
                 content = candidate.content
-                for part in (content.parts if content is not None else None) or []:
+                parts = (content.parts if content is not None else None) or []
+                for part in parts:
                     if part.function_call is not None:
-                        calls.append(_tool_call(part))
+                        calls.add(part)
                     elif part.text:
                         if part.thought:
                             yield ReasoningDelta(part.text)
+                            if part.thought_signature:
+                                signature = _signature_text(part.thought_signature)
+                                signed.append({"thought": part.text, "signature": signature})
                         else:
                             yield TextDelta(part.text)
+                    elif part.thought_signature:  # an empty part that only carries a signature
+                        key = "thought" if part.thought else "text"
+                        signed.append({key: "", "signature": _signature_text(part.thought_signature)})
                 if candidate.finish_reason is not None:
                     finish_reason = str(getattr(candidate.finish_reason, "value", candidate.finish_reason))
+                    # Gemini signs the last part of an answer: look for signed text in the final chunk only, so
+                    # that the text parts before it cost nothing more.
+                    signed.extend(
+                        {"text": part.text, "signature": _signature_text(part.thought_signature)}
+                        for part in parts
+                        if part.text and part.thought_signature and not part.thought and part.function_call is None
+                    )
             feedback = chunk.prompt_feedback
             if feedback is not None and feedback.block_reason is not None and finish_reason is None:
                 finish_reason = "SAFETY"
@@ -296,8 +357,14 @@ async def stream(
         raise ModelCallError(
             f"The answer from {context.host} ended before the model finished: try again.", retryable=True
         )
-    for call in calls:
+    requests = calls.finish()
+    for call, _ in requests:
         yield call
+    signed += [
+        {"call_id": call.id, "signature": _signature_text(signature)} for call, signature in requests if signature
+    ]
+    if signed:
+        yield ReasoningState(kind=REASONING_KIND, blocks=tuple(signed))
     if usage is not None:
         cached = int(usage.cached_content_token_count or 0)
         yield Usage(
@@ -305,27 +372,137 @@ async def stream(
             output_tokens=int(usage.candidates_token_count or 0) + int(usage.thoughts_token_count or 0),
             cache_read_tokens=cached,
         )
-    if calls:
+    if requests:
         stop_reason = "tool_use"
     else:
         stop_reason = FINISH_REASONS.get(finish_reason, "end_turn")
     yield TurnEnd(stop_reason=stop_reason)
 
 
-def _tool_call(part: types.Part) -> ToolCallRequest:
+def _tool_call(call_id: str | None, name: str | None, arguments: Any) -> ToolCallRequest:
     """A whole Gemini function call as a ToolCallRequest with an id the conversation can refer to."""
-    function_call = part.function_call
-    assert function_call is not None
-    call_id = function_call.id or f"{LOCAL_CALL_ID_PREFIX}{uuid.uuid4().hex[:24]}"
-    if part.thought_signature:
-        _remember_signature(call_id, part.thought_signature)
-    arguments = function_call.args
     return ToolCallRequest(
-        id=call_id,
-        name=function_call.name or "",
+        id=call_id or f"{LOCAL_CALL_ID_PREFIX}{uuid.uuid4().hex[:24]}",
+        name=name or "",
         arguments=arguments if isinstance(arguments, dict) else {},
         raw_arguments=json.dumps(arguments if arguments is not None else {}),
     )
+
+
+class _Calls:
+    """The answer's function calls with their thought signatures, in order.
+
+    A call usually comes whole in one part. With streamed arguments, a part with `will_continue` opens it and the
+    `partial_args` of the following parts fill it in (strings continued piece by piece) until a part without
+    `will_continue` closes it; the name, id and signature come with whichever part carries them.
+    """
+
+    def __init__(self) -> None:
+        self.done: list[tuple[ToolCallRequest, bytes | None]] = []
+        self.open: dict[str, Any] | None = None
+
+    def add(self, part: types.Part) -> None:
+        """Take one functionCall part."""
+        call = part.function_call
+        assert call is not None
+        if self.open is None and not call.will_continue and not call.partial_args:
+            self.done.append((_tool_call(call.id, call.name, call.args), part.thought_signature or None))
+            return
+        slot = self.open
+        if slot is None or _starts_another_call(slot, call):
+            self._close()
+            slot = self.open = {"id": "", "name": "", "args": {}, "continued": set(), "signature": None}
+        slot["id"] = slot["id"] or call.id or ""
+        slot["name"] = slot["name"] or call.name or ""
+        slot["signature"] = slot["signature"] or part.thought_signature or None
+        if isinstance(call.args, dict):
+            slot["args"].update(call.args)
+        for partial in call.partial_args or []:
+            _apply_partial_arg(slot["args"], slot["continued"], partial)
+        if not call.will_continue:
+            self._close()
+
+    def finish(self) -> list[tuple[ToolCallRequest, bytes | None]]:
+        """Every call with its signature (a call the stream left open is taken as it stands)."""
+        self._close()
+        return self.done
+
+    def _close(self) -> None:
+        slot, self.open = self.open, None
+        if slot is not None:
+            self.done.append((_tool_call(slot["id"], slot["name"], slot["args"]), slot["signature"]))
+
+
+def _starts_another_call(slot: dict[str, Any], call: types.FunctionCall) -> bool:
+    """Whether a part names a different call than the one being streamed."""
+    other_name = call.name and slot["name"] and call.name != slot["name"]
+    return bool(other_name or (call.id and slot["id"] and call.id != slot["id"]))
+
+
+def _json_path(path: str | None) -> list[str | int] | None:
+    """The steps of a JSON path such as `$.files[0]['name']` (None when it is not one)."""
+    if not path or not path.startswith("$"):
+        return None
+    steps: list[str | int] = []
+    position = 1
+    while position < len(path):
+        match = _PATH_STEP.match(path, position)
+        if match is None:
+            return None
+        name, index, single, double = match.groups()
+        if index is not None:
+            steps.append(int(index))
+        else:
+            quoted = single if single is not None else double
+            steps.append(name if quoted is None else re.sub(r"\\(.)", r"\1", quoted))
+        position = match.end()
+    return steps or None
+
+
+def _apply_partial_arg(arguments: dict[str, Any], continued: set[str], partial: types.PartialArg) -> None:
+    """Put one streamed argument value at its JSON path; a string continues the one its path left unfinished."""
+    steps = _json_path(partial.json_path)
+    if steps is None:
+        return
+    if partial.string_value is not None:
+        value: Any = partial.string_value
+    elif partial.number_value is not None:
+        number = partial.number_value
+        value = int(number) if float(number).is_integer() else number  # as whole `args` would have it
+    elif partial.bool_value is not None:
+        value = partial.bool_value
+    elif partial.null_value is not None:
+        value = None
+    else:
+        value = "" if partial.will_continue else None  # a string whose pieces follow
+    path = str(partial.json_path)
+    node: Any = arguments
+    for step, following in zip(steps, steps[1:], strict=False):
+        if isinstance(step, int) and isinstance(node, list):
+            node.extend([None] * (step + 1 - len(node)))
+            child = node[step]
+        elif isinstance(step, str) and isinstance(node, dict):
+            child = node.get(step)
+        else:
+            return  # the path runs through a value of another type
+        if not isinstance(child, list | dict):
+            child = node[step] = [] if isinstance(following, int) else {}
+        node = child
+    last = steps[-1]
+    if isinstance(last, int) and isinstance(node, list):
+        node.extend([None] * (last + 1 - len(node)))
+        previous = node[last]
+    elif isinstance(last, str) and isinstance(node, dict):
+        previous = node.get(last)
+    else:
+        return
+    if isinstance(value, str) and path in continued and isinstance(previous, str):
+        value = previous + value
+    node[last] = value
+    if partial.will_continue:
+        continued.add(path)
+    else:
+        continued.discard(path)
 
 
 class _ErrorContext:

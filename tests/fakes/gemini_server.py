@@ -4,6 +4,15 @@ Answers with Server-Sent Events of GenerateContentResponse JSON chunks (text par
 functionCall parts with a thoughtSignature, usageMetadata and finishReason on the last chunk), and with
 Google's error JSON `{"error": {"code", "message", "status", "details"}}` for scripted errors. With `api_key`
 set it checks `x-goog-api-key` the way the real service does (400 API_KEY_INVALID for a wrong key).
+
+Thought signatures are checked as Gemini 3 checks them: in the current turn (the contents after the last user
+content with text), the first functionCall part of every model step must carry a signature this fake issued (or
+one of the placeholders Google documents for history it did not produce), and any signature sent back must be
+one it issued; otherwise 400 INVALID_ARGUMENT. Extra turn keys: `thought_signature` (the base64 signature the
+turn issues instead of FAKE_THOUGHT_SIGNATURE), `text_signature` ("last": the last text part carries the
+signature; "separate": an empty part after it does), and per tool call `stream_arguments` (true: the call's
+arguments stream over several chunks as `partialArgs`, strings piece by piece, between an opening part with
+`willContinue` and an empty closing part, as Vertex AI's streamed function call arguments do).
 """
 
 from __future__ import annotations
@@ -39,6 +48,98 @@ DEFAULT_MESSAGES: dict[int, str] = {
     503: "The model is overloaded. Please try again later.",
 }
 FAKE_THOUGHT_SIGNATURE = base64.b64encode(b"airlock-fake-thought-signature").decode()
+# Signatures Gemini accepts without having issued them (documented for history another model produced).
+PLACEHOLDER_SIGNATURES = (b"skip_thought_signature_validator", b"context_engineering_is_the_way_to_go")
+# The signatures issued so far, by every fake in the process: they all stand for one vendor.
+_issued_signatures: set[bytes] = {base64.b64decode(FAKE_THOUGHT_SIGNATURE)}
+MISSING_SIGNATURE_MESSAGE = (
+    "Function call is missing a thought_signature in functionCall parts. This is required for tools to work "
+    "correctly, and missing thought_signature may lead to degraded model performance. Additional data, function "
+    "call `default_api:{name}` , position {position}. Please refer to "
+    "https://ai.google.dev/gemini-api/docs/thought-signatures for more details."
+)
+
+
+def signature_bytes(signature: Any) -> bytes | None:
+    """A thoughtSignature as sent (standard or URL-safe base64) back to its bytes; None when it is not base64."""
+    if not isinstance(signature, str):
+        return None
+    try:
+        return base64.urlsafe_b64decode(signature.replace("+", "-").replace("/", "_"))
+    except (ValueError, TypeError):
+        return None
+
+
+def _signature_accepted(signature: Any) -> bool:
+    raw = signature_bytes(signature)
+    if raw is None:
+        return False
+    if raw in _issued_signatures:
+        return True
+    # The placeholders are sent as their literal text, which decodes to these bytes.
+    return any(raw == base64.urlsafe_b64decode(text) for text in PLACEHOLDER_SIGNATURES)
+
+
+def thought_signature_error(body: dict[str, Any]) -> str | None:
+    """Why Gemini 3 would refuse this request's thought signatures (None when it would accept them)."""
+    contents = [c for c in body.get("contents") or [] if isinstance(c, dict)]
+    turn_start = 0
+    for position, content in enumerate(contents):
+        parts = [p for p in content.get("parts") or [] if isinstance(p, dict)]
+        if content.get("role", "user") == "user" and any("text" in p for p in parts):
+            turn_start = position
+        for part in parts:
+            if "thoughtSignature" in part and not _signature_accepted(part["thoughtSignature"]):
+                return "Thought signature is not valid."
+    for position, content in enumerate(contents[turn_start:], start=turn_start):
+        if content.get("role") != "model":
+            continue
+        calls = [p for p in content.get("parts") or [] if isinstance(p, dict) and "functionCall" in p]
+        if calls and "thoughtSignature" not in calls[0]:
+            name = (calls[0]["functionCall"] or {}).get("name", "")
+            return MISSING_SIGNATURE_MESSAGE.format(name=name, position=position + 1)
+    return None
+
+
+def _leaves(value: Any, path: str = "$") -> list[tuple[str, Any]]:
+    """(JSON path, value) of every scalar in an arguments object, in order."""
+    if isinstance(value, dict):
+        found: list[tuple[str, Any]] = []
+        for key, item in value.items():
+            step = f".{key}" if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(key)) else f"['{key}']"
+            found += _leaves(item, path + step)
+        return found
+    if isinstance(value, list):
+        return [leaf for index, item in enumerate(value) for leaf in _leaves(item, f"{path}[{index}]")]
+    return [(path, value)]
+
+
+def _streamed_call_parts(call: dict[str, Any], signature: str | None, size: int) -> list[dict[str, Any]]:
+    """One function call as Vertex AI streams its arguments: an opening part, partialArgs parts, a closing part."""
+    opening: dict[str, Any] = {"name": call.get("name", "execute"), "willContinue": True}
+    if call.get("id"):
+        opening["id"] = call["id"]
+    parts: list[dict[str, Any]] = [{"functionCall": opening}]
+    if signature:
+        parts[0]["thoughtSignature"] = signature
+    for path, value in _leaves(call.get("arguments", {})):
+        if isinstance(value, str):
+            pieces = [value[start : start + size] for start in range(0, len(value), size)] or [""]
+            for number, piece in enumerate(pieces):
+                partial = {"jsonPath": path, "stringValue": piece}
+                if number < len(pieces) - 1:
+                    partial["willContinue"] = True
+                parts.append({"functionCall": {"partialArgs": [partial], "willContinue": True}})
+            continue
+        if isinstance(value, bool):
+            partial = {"jsonPath": path, "boolValue": value}
+        elif isinstance(value, int | float):
+            partial = {"jsonPath": path, "numberValue": value}
+        else:
+            partial = {"jsonPath": path, "nullValue": "NULL_VALUE"}
+        parts.append({"functionCall": {"partialArgs": [partial], "willContinue": True}})
+    parts.append({"functionCall": {}})
+    return parts
 
 
 def error_body(status: int, message: str | None = None, details: list[dict[str, Any]] | None = None) -> dict:
@@ -81,6 +182,8 @@ class GeminiHandler(ScriptedHandler):
             return
         if not self._authorized():
             return
+        if self._answer_check_switches(match):
+            return
         model = match.group("model")
         if model:
             self._send_json(200, {"name": f"models/{model}", "displayName": model})
@@ -107,6 +210,11 @@ class GeminiHandler(ScriptedHandler):
             return
         if not self._authorized():
             fake.record(self, body, accepted=False)
+            return
+        refusal = thought_signature_error(body)
+        if refusal is not None:  # refused before the model runs: the scripted turn is left for the next request
+            fake.record(self, body, accepted=False)
+            self._send_error(400, refusal)
             return
         fake.record(self, body, accepted=True)
         turn = fake.next_turn()
@@ -153,6 +261,41 @@ class GeminiHandler(ScriptedHandler):
             return False
         return True
 
+    def _answer_check_switches(self, match: re.Match[str]) -> bool:
+        """Answer a models GET as the fake's `get_error` / `served_models` switches say; True when answered."""
+        fake: FakeGemini = self.server.owner  # type: ignore[assignment]
+        error = fake.get_error
+        if error:
+            presented = self.headers.get("x-goog-api-key") or ""
+            message = str(error.get("message") or "").replace("{key}", presented) or None
+            details = None
+            if error.get("reason"):
+                details = [
+                    {
+                        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                        "reason": error["reason"],
+                        "domain": "googleapis.com",
+                        "metadata": {"service": "generativelanguage.googleapis.com"},
+                    }
+                ]
+            self._send_error(int(error.get("status", 403)), message, details)
+            return True
+        served = fake.served_models
+        if served is None:
+            return False
+        model = match.group("model")
+        if model is None:
+            self._send_json(200, {"models": [{"name": f"models/{name}"} for name in sorted(served)]})
+            return True
+        if model in served:
+            return False
+        self._send_error(
+            404,
+            f"models/{model} is not found for API version {match.group('version')}, or is not supported for "
+            "generateContent. Call ListModels to see the list of available models and their supported methods.",
+        )
+        return True
+
     def _send_json(self, status: int, payload: Any) -> None:
         self.send_bytes(status, json.dumps(payload).encode(), "application/json; charset=UTF-8")
 
@@ -182,17 +325,30 @@ def _chunks(model: str, body: dict[str, Any], turn: dict[str, Any]) -> list[dict
                 metadata["cachedContentTokenCount"] = usage["cache_read_tokens"]
         return {"candidates": [candidate], "usageMetadata": metadata, "modelVersion": model, "responseId": response_id}
 
+    signature = str(turn.get("thought_signature") or FAKE_THOUGHT_SIGNATURE)
+    raw_signature = signature_bytes(signature)
+    if raw_signature is not None:
+        _issued_signatures.add(raw_signature)
     chunks = [chunk([{"text": piece, "thought": True}]) for piece in text_pieces(turn, "reasoning")]
     chunks += [chunk([{"text": piece}]) for piece in text_pieces(turn)]
+    if turn.get("text_signature") == "last" and chunks and not calls:
+        chunks[-1]["candidates"][0]["content"]["parts"][-1]["thoughtSignature"] = signature
+    elif turn.get("text_signature") == "separate" and not calls:
+        chunks.append(chunk([{"text": "", "thoughtSignature": signature}]))
     call_parts = []
     for position, call in enumerate(calls):
+        if call.get("stream_arguments"):
+            size = max(1, int(turn.get("chunk_chars") or 4))
+            streamed = _streamed_call_parts(call, signature if position == 0 else None, size)
+            chunks += [chunk([part]) for part in streamed]
+            continue
         arguments = call.get("arguments", {})
         function_call: dict[str, Any] = {"name": call.get("name", "execute"), "args": arguments}
         if call.get("id"):
             function_call["id"] = call["id"]
         part: dict[str, Any] = {"functionCall": function_call}
         if position == 0:
-            part["thoughtSignature"] = FAKE_THOUGHT_SIGNATURE
+            part["thoughtSignature"] = signature
         call_parts.append(part)
     finish_reason = turn.get("finish_reason") or "STOP"
     if call_parts:
@@ -210,6 +366,12 @@ class FakeGemini(ScriptedServer):
 
     handler_class = GeminiHandler
     thread_name = "fake-gemini"
+    # Connectivity-check switches, set on an instance. served_models: the models that exist (None: any model; the
+    # list then shows the ones asked for). get_error: what every authenticated models GET answers, e.g.
+    # {"status": 403, "message": "...", "reason": "API_KEY_SERVICE_BLOCKED"}; "{key}" in the message becomes the
+    # key the request presented, as a careless proxy would echo it.
+    served_models: set[str] | None = None
+    get_error: dict[str, Any] | None = None
 
     def __init__(
         self, script: list[dict[str, Any]] | None = None, *, api_key: str | None = None, **kwargs: Any

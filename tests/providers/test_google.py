@@ -13,6 +13,7 @@ from providers.clients import (
     CallSummary,
     ModelCallError,
     ReasoningDelta,
+    ReasoningState,
     TextDelta,
     ToolCallRequest,
     TurnEnd,
@@ -146,12 +147,14 @@ async def test_tool_result_goes_back_as_a_function_response_named_after_its_call
     gemini.enqueue({"tool_calls": [{"name": "execute", "arguments": {"command": "pwd"}}]}, {"text": "You are in /."})
     first = await collect(model)
     [call] = [e for e in first if isinstance(e, ToolCallRequest)]
+    [state] = [e for e in first if isinstance(e, ReasoningState)]
     history = [
         *PROMPT,
         {
             "role": "assistant",
             "content": "",
             "tool_calls": [{"id": call.id, "name": call.name, "arguments": call.arguments}],
+            "reasoning": state.as_message_field(),  # the signature travels with the message that carries it
         },
         {"role": "tool", "tool_call_id": call.id, "content": "/\n"},
     ]
