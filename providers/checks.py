@@ -11,13 +11,15 @@ and stops at the first failing step with what to do about it:
                 openai / openai-compatible  GET {base}/models
                 azure-openai                GET /openai/models?api-version=...
                 anthropic                   GET /v1/models?limit=1
-                google                      models.list (page of 1), or models.get when a model is checked
+                google                      models.list (page of 1)
                 bedrock                     a Converse call with maxTokens=1 on the model when one is checked
                                             (it costs a few tokens, and it exercises the runtime endpoint the
-                                            agent uses); else ListFoundationModels on the control-plane host
+                                            agent uses): the step passes once AWS has verified the signature;
+                                            else ListFoundationModels on the control-plane host (bedrock.REGION
+                                            beside bedrock-runtime.REGION, or the base URL of a gateway)
 6. model        (when a model is checked) the endpoint serves it: in the /models list (OpenAI-compatible,
                 OpenAI), models.retrieve (Anthropic), models.get (Google), a 1-token chat completion on the
-                deployment (Azure), the Converse call (Bedrock)
+                deployment (Azure), the outcome of the Converse call (Bedrock)
 
 No detail ever contains the key: messages are written here, and the vendor's own message is appended only
 after secret masking, and only when no piece of the key appears in it.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import errno
+import re
 import socket
 import ssl
 import time
@@ -60,6 +63,55 @@ DEFAULT_ENDPOINTS: dict[str, str] = {
 
 # OpenSSL verify codes that mean "the certificate is not trusted here".
 UNTRUSTED_CODES = {18, 19, 20, 21, 2}
+
+# What to fix when an endpoint answers 404 to the API call itself (not to a model).
+BASE_URL_HINTS: dict[str, str] = {
+    ProviderKind.GOOGLE: (
+        "check the base URL: it is the API's root (e.g. https://generativelanguage.googleapis.com), without a "
+        "version path such as /v1beta, and the API version, when one is set, is one the endpoint serves (v1, v1beta)"
+    ),
+    ProviderKind.AZURE_OPENAI: (
+        "check the base URL: it is the resource's endpoint (e.g. https://<resource>.openai.azure.com), without "
+        "/openai, and the API version is one Azure serves (e.g. 2024-10-21)"
+    ),
+}
+DEFAULT_BASE_URL_HINT = "check the base URL (OpenAI-compatible servers end in /v1)"
+
+# AWS error codes that mean "these credentials are not accepted", and what to do about each.
+AWS_REJECTED_CREDENTIALS: dict[str, str] = {
+    "UnrecognizedClientException": (
+        "AWS does not know the access key id (deleted, deactivated, or of another AWS partition)"
+    ),
+    "InvalidClientTokenId": "AWS does not know the access key id (deleted, deactivated, or of another AWS partition)",
+    "InvalidSignatureException": (
+        "the request signature does not match: the secret access key does not belong to the access key id, "
+        "or the control plane's clock is wrong"
+    ),
+    "SignatureDoesNotMatch": (
+        "the request signature does not match: the secret access key does not belong to the access key id, "
+        "or the control plane's clock is wrong"
+    ),
+    "IncompleteSignatureException": "the request signature is incomplete (a proxy may strip the Authorization header)",
+    "MissingAuthenticationTokenException": (
+        "the request carried no credentials (a proxy may strip the Authorization header)"
+    ),
+    "ExpiredTokenException": "the session token has expired",
+    "UnrecognizedClientTokenException": "the session token is not valid",
+}
+# Bedrock error codes AWS only answers after it has authenticated the request (the signature was right).
+AWS_AFTER_AUTHENTICATION = frozenset(
+    {
+        "AccessDeniedException",
+        "ValidationException",
+        "ResourceNotFoundException",
+        "ThrottlingException",
+        "ServiceQuotaExceededException",
+        "ModelNotReadyException",
+        "ModelTimeoutException",
+        "ModelErrorException",
+    }
+)
+AWS_RUNTIME_HOST = re.compile(r"^bedrock-runtime(?P<fips>-fips)?\.(?P<rest>[a-z0-9-]+\.amazonaws\.com(?:\.cn)?)$")
 
 
 @dataclass(frozen=True)
@@ -235,9 +287,16 @@ def _tls(sock: socket.socket, host: str, port: int) -> str:
 # --- the authenticated call, per vendor -------------------------------------------------------------------------
 
 
-def _http_status_detail(status: int, *, what: str, model: str | None, scrub: _Scrubber, vendor: str) -> str:
+def _http_status_detail(
+    status: int, *, what: str, model: str | None, scrub: _Scrubber, vendor: str, kind: str = ""
+) -> str:
     said = scrub.suffix(vendor)
     if status == 401:
+        if kind == ProviderKind.AZURE_OPENAI:
+            return (
+                "401: the API key was rejected. Enter the current key of this Azure resource again (a key works "
+                f"only with the endpoint of its own resource){said}."
+            )
         return f"401: the API key was rejected. Enter the current key for this endpoint again{said}."
     if status == 403:
         return (
@@ -247,7 +306,7 @@ def _http_status_detail(status: int, *, what: str, model: str | None, scrub: _Sc
     if status == 404:
         if model:
             return f"404: model {model} is not served by this endpoint: check the model identifier{said}."
-        return f"404: the endpoint has no such API: check the base URL (OpenAI-compatible servers end in /v1){said}."
+        return f"404: the endpoint has no such API: {BASE_URL_HINTS.get(kind, DEFAULT_BASE_URL_HINT)}{said}."
     if status == 429:
         return f"429: the endpoint is rate limiting or the account is out of quota; try again later{said}."
     if status >= 500:
@@ -255,7 +314,7 @@ def _http_status_detail(status: int, *, what: str, model: str | None, scrub: _Sc
     return f"{status}: the endpoint refused the request{said}."
 
 
-def _openai_errors(exc: Exception, *, what: str, model: str | None, scrub: _Scrubber) -> StepFailed:
+def _openai_errors(exc: Exception, *, what: str, model: str | None, scrub: _Scrubber, kind: str = "") -> StepFailed:
     import anthropic
     import openai
 
@@ -271,7 +330,9 @@ def _openai_errors(exc: Exception, *, what: str, model: str | None, scrub: _Scru
         )
     if isinstance(exc, openai.APIStatusError | anthropic.APIStatusError):
         vendor = getattr(exc, "message", "") or ""
-        return StepFailed(_http_status_detail(exc.status_code, what=what, model=model, scrub=scrub, vendor=vendor))
+        return StepFailed(
+            _http_status_detail(exc.status_code, what=what, model=model, scrub=scrub, vendor=vendor, kind=kind)
+        )
     return StepFailed(f"The API call failed ({exc.__class__.__name__}).")
 
 
@@ -285,6 +346,8 @@ def _openai_like(provider: Provider, key: str, model: LanguageModel | None, scru
         "default_headers": dict(provider.extra_headers or {}),
     }
     if provider.kind == ProviderKind.AZURE_OPENAI:
+        if not provider.api_version:
+            raise StepFailed("Azure OpenAI needs an API version: set the provider's API version (e.g. 2024-10-21).")
         client: Any = openai.AzureOpenAI(azure_endpoint=provider.base_url, api_version=provider.api_version, **options)
     else:
         client = openai.OpenAI(base_url=endpoint_url(provider), **options)
@@ -295,23 +358,28 @@ def _openai_like(provider: Provider, key: str, model: LanguageModel | None, scru
             page = client.models.list()
             served.extend(item.id for item in page.data)
         except Exception as exc:  # noqa: BLE001 - every SDK error becomes words
-            raise _openai_errors(exc, what="list models", model=None, scrub=scrub) from None
+            raise _openai_errors(exc, what="list models", model=None, scrub=scrub, kind=provider.kind) from None
         return f"the key was accepted; the endpoint lists {len(served)} model(s)"
 
     def check_model() -> str:
         assert model is not None
         if provider.kind == ProviderKind.AZURE_OPENAI:
             try:
+                # max_completion_tokens, as the agent's own calls send it: reasoning deployments (o-series, gpt-5)
+                # refuse max_tokens.
                 client.chat.completions.create(
-                    model=model.identifier, max_tokens=1, messages=[{"role": "user", "content": "ping"}]
+                    model=model.identifier, max_completion_tokens=1, messages=[{"role": "user", "content": "ping"}]
                 )
             except Exception as exc:  # noqa: BLE001
                 if getattr(exc, "status_code", None) == 404:
+                    said = scrub.suffix(getattr(exc, "message", "") or "")
                     return _fail(
                         f"404: deployment {model.identifier} is not served by this endpoint: the model identifier "
-                        "must be the Azure deployment name."
+                        f"must be the Azure deployment name{said}."
                     )
-                raise _openai_errors(exc, what="call the deployment", model=model.identifier, scrub=scrub) from None
+                raise _openai_errors(
+                    exc, what="call the deployment", model=model.identifier, scrub=scrub, kind=provider.kind
+                ) from None
             return f"deployment {model.identifier} answered"
         if model.identifier not in served:
             listed = ", ".join(served[:8]) + (" ..." if len(served) > 8 else "")
@@ -361,108 +429,286 @@ def _anthropic(provider: Provider, key: str, model: LanguageModel | None, scrub:
 
 
 def _google(provider: Provider, key: str, model: LanguageModel | None, scrub: _Scrubber) -> list[tuple[str, Any]]:
+    import httpx2
     from google import genai
     from google.genai import errors, types
 
+    if not key:
+        # Without a key the SDK would quietly use GOOGLE_API_KEY / GEMINI_API_KEY from the server's environment.
+        raise StepFailed("No API key is stored, and the Gemini API needs one: enter the provider's Gemini API key.")
     options = types.HttpOptions(
         base_url=provider.base_url or None,
+        api_version=provider.api_version or None,
         timeout=int(API_TIMEOUT_SECONDS * 1000),
         headers=dict(provider.extra_headers or {}) or None,
     )
-    client = genai.Client(api_key=key, http_options=options)
+    # vertexai=False: the google kind is the Gemini API, whatever GOOGLE_GENAI_USE_VERTEXAI says on the server.
+    client = genai.Client(vertexai=False, api_key=key, http_options=options)
 
     def words(exc: Exception, model_id: str | None) -> StepFailed:
         if isinstance(exc, errors.APIError):
-            vendor = str(getattr(exc, "message", "") or "")
+            vendor = str(getattr(exc, "message", "") or getattr(exc, "status", "") or "")
             code = int(getattr(exc, "code", 0) or 0)
-            if code == 400 and "api key" in vendor.lower():
-                return StepFailed(f"400: the API key was rejected. Enter the current key again{scrub.suffix(vendor)}.")
+            said = scrub.suffix(vendor)
+            reasons = _google_reasons(getattr(exc, "details", None))
+            if code == 401 or "API_KEY_INVALID" in reasons or (code == 400 and "api key" in vendor.lower()):
+                return StepFailed(f"{code}: the API key was rejected. Enter the current Gemini API key again{said}.")
+            if code == 403:
+                return StepFailed(
+                    "403: the API key was refused for the Gemini API: check that the key's project has the "
+                    "Generative Language API enabled and that the key's restrictions (APIs, IP addresses) allow the "
+                    f"control plane; a key reported as leaked must be replaced{said}."
+                )
             return StepFailed(
-                _http_status_detail(code, what="use this API", model=model_id, scrub=scrub, vendor=vendor)
+                _http_status_detail(
+                    code, what="use this API", model=model_id, scrub=scrub, vendor=vendor, kind=provider.kind
+                )
+            )
+        if isinstance(exc, httpx2.TimeoutException):
+            return StepFailed(
+                f"The endpoint accepted the connection but did not answer within {API_TIMEOUT_SECONDS:g} s: the "
+                "server is overloaded, or a proxy in between holds the request."
+            )
+        if isinstance(exc, ValueError):
+            return StepFailed(
+                "The endpoint's answer is not the Gemini API's: check the base URL (e.g. "
+                "https://generativelanguage.googleapis.com)."
             )
         return StepFailed(
-            f"The API call failed ({exc.__class__.__name__}): check the proxy settings and the certificate trust."
+            f"The API call failed ({exc.__class__.__name__}): check the proxy settings (HTTPS_PROXY / NO_PROXY) and "
+            "the certificate trust of the control plane."
         )
 
     def api() -> str:
         try:
-            if model is not None:
-                client.models.get(model=model.identifier)
-            else:
-                next(iter(client.models.list(config={"page_size": 1})), None)
-        except Exception as exc:  # noqa: BLE001
-            raise words(exc, model.identifier if model is not None else None) from None
-        return "the key was accepted" + (f"; model {model.identifier} is served" if model is not None else "")
+            next(iter(client.models.list(config={"page_size": 1})), None)
+        except Exception as exc:  # noqa: BLE001 - every SDK error becomes words
+            raise words(exc, None) from None
+        return "the key was accepted (models list)"
 
-    return [("api", api)]
+    def check_model() -> str:
+        assert model is not None
+        try:
+            client.models.get(model=model.identifier)
+        except Exception as exc:  # noqa: BLE001
+            raise words(exc, model.identifier) from None
+        return f"model {model.identifier} is served"
+
+    return [("api", api)] + ([("model", check_model)] if model is not None else [])
+
+
+def _google_reasons(details: Any) -> set[str]:
+    """The `reason` values in a Google error body's details (e.g. API_KEY_INVALID)."""
+    error = details.get("error", details) if isinstance(details, dict) else {}
+    items = error.get("details") if isinstance(error, dict) else None
+    return {str(item.get("reason")) for item in items or [] if isinstance(item, dict) and item.get("reason")}
+
+
+def bedrock_control_endpoint(provider: Provider) -> str | None:
+    """Where ListFoundationModels goes: None for AWS's own control-plane host, else the gateway's base URL."""
+    if not provider.base_url:
+        return None
+    parts = urlsplit(provider.base_url)
+    host = (parts.hostname or "").lower()
+    runtime = AWS_RUNTIME_HOST.match(host)
+    if runtime is not None:
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme or 'https'}://bedrock{runtime['fips'] or ''}.{runtime['rest']}{port}"
+    if host.endswith((".amazonaws.com", ".amazonaws.com.cn")):
+        return None  # e.g. a VPC endpoint of the runtime: the control plane answers on its public host
+    return provider.base_url  # a gateway or a local stand-in serves both APIs on its own URL
 
 
 def _bedrock(provider: Provider, key: str, model: LanguageModel | None, scrub: _Scrubber) -> list[tuple[str, Any]]:
     import boto3
     from botocore.config import Config
-    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        NoRegionError,
+        PartialCredentialsError,
+        ReadTimeoutError,
+    )
 
+    if not provider.region:
+        raise StepFailed("The provider has no AWS region: set the region of the models (e.g. us-east-1).")
     config = Config(
         connect_timeout=NETWORK_TIMEOUT_SECONDS,
         read_timeout=API_TIMEOUT_SECONDS,
-        retries={"max_attempts": 1, "mode": "standard"},
+        retries={"total_max_attempts": 1, "mode": "standard"},  # one attempt: max_attempts counts retries
     )
     credentials: dict[str, str] = {}
     if not provider.use_ambient_credentials:
         credentials = {"aws_access_key_id": provider.aws_access_key_id, "aws_secret_access_key": key}
     session = boto3.session.Session(region_name=provider.region, **credentials)
+    headers = {str(name): str(value) for name, value in (provider.extra_headers or {}).items() if value is not None}
+    how = "the server's ambient AWS credentials (IAM role)" if provider.use_ambient_credentials else "the stored key"
+    outcome: dict[str, Exception | None] = {}
 
-    def words(exc: Exception) -> StepFailed:
-        if isinstance(exc, NoCredentialsError):
+    def client(service: str, endpoint: str | None) -> Any:
+        made = session.client(service, endpoint_url=endpoint, config=config)
+
+        def add_headers(request: Any, **kwargs: Any) -> None:
+            for name, value in headers.items():
+                request.headers[name] = value
+
+        if headers:  # gateways may need them, as the agent's own calls send them
+            made.meta.events.register(f"before-sign.{made.meta.service_model.endpoint_prefix}", add_headers)
+        return made
+
+    def status_of(exc: ClientError) -> int:
+        return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+    def transport_words(exc: Exception, host: str) -> StepFailed | None:
+        if isinstance(exc, NoCredentialsError | PartialCredentialsError):
             return StepFailed(
                 "No AWS credentials were found on the server: attach an IAM role to the control plane (IRSA, instance "
                 "profile) or store an access key and secret on the provider."
             )
         if isinstance(exc, ClientError):
             code = str(exc.response.get("Error", {}).get("Code", ""))
-            vendor = str(exc.response.get("Error", {}).get("Message", ""))
-            said = scrub.suffix(vendor)
-            if code in ("UnrecognizedClientException", "InvalidSignatureException", "ExpiredTokenException"):
-                return StepFailed(
-                    f"403 {code}: AWS rejected the credentials: check the access key id and secret{said}."
+            if code in AWS_REJECTED_CREDENTIALS:
+                said = scrub.suffix(str(exc.response.get("Error", {}).get("Message", "")))
+                fix = (
+                    "Check the IAM role the control plane runs with"
+                    if provider.use_ambient_credentials
+                    else "Check the access key id and enter the secret access key again"
                 )
-            if code == "AccessDeniedException":
                 return StepFailed(
-                    f"403: the credentials are valid but the IAM policy does not allow this Bedrock call, or the model "
-                    f"is not enabled for the account in {provider.region}{said}."
+                    f"{status_of(exc) or 403} {code}: AWS rejected {how}: {AWS_REJECTED_CREDENTIALS[code]}. "
+                    f"{fix}{said}."
                 )
-            if code in ("ResourceNotFoundException", "ValidationException") and model is not None:
-                return StepFailed(
-                    f"404: model {model.identifier} is not served by Bedrock in {provider.region}: check the model id "
-                    f"(or inference profile) and the region{said}."
-                )
-            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-            return StepFailed(f"{status} {code}: Bedrock refused the request{said}.")
+            return None
+        if isinstance(exc, ConnectTimeoutError):
+            return StepFailed(
+                f"TCP connect to {host} timed out: egress from the control plane is blocked, check the NetworkPolicy "
+                "/ firewall (or the VPC endpoint for Bedrock)."
+            )
+        if isinstance(exc, ReadTimeoutError):
+            return StepFailed(
+                f"{host} accepted the connection but did not answer within {API_TIMEOUT_SECONDS:g} s: the service is "
+                "overloaded, or a proxy in between holds the request."
+            )
+        if isinstance(exc, EndpointConnectionError):
+            return StepFailed(
+                f"Cannot connect to {host}: check egress from the control plane to it and the proxy settings "
+                "(HTTPS_PROXY / NO_PROXY)."
+            )
+        if isinstance(exc, NoRegionError):
+            return StepFailed("The provider has no AWS region: set the region of the models (e.g. us-east-1).")
         if isinstance(exc, BotoCoreError):
             return StepFailed(
-                f"The Bedrock call failed ({exc.__class__.__name__}): check egress to the AWS endpoint and the proxy "
-                "settings."
+                f"The Bedrock call to {host} failed ({exc.__class__.__name__}): check egress to the AWS endpoint "
+                "and the proxy settings."
             )
-        return StepFailed(f"The Bedrock call failed ({exc.__class__.__name__}).")
+        return None
 
-    def api() -> str:
+    def endpoint_host(made: Any) -> str:
+        parts = urlsplit(str(getattr(made.meta, "endpoint_url", "") or ""))
+        return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname or "the Bedrock endpoint")
+
+    def list_models() -> str:
+        made = None
         try:
-            if model is not None:
-                runtime = session.client("bedrock-runtime", endpoint_url=provider.base_url or None, config=config)
-                runtime.converse(
-                    modelId=model.identifier,
-                    messages=[{"role": "user", "content": [{"text": "ping"}]}],
-                    inferenceConfig={"maxTokens": 1},
-                )
-            else:
-                session.client("bedrock", config=config).list_foundation_models(byOutputModality="TEXT")
-        except Exception as exc:  # noqa: BLE001
-            raise words(exc) from None
-        if model is not None:
-            return f"the credentials were accepted; model {model.identifier} answered"
-        return "the credentials were accepted (ListFoundationModels)"
+            made = client("bedrock", bedrock_control_endpoint(provider))
+            page = made.list_foundation_models(byOutputModality="TEXT")
+        except Exception as exc:  # noqa: BLE001 - every SDK error becomes words
+            host = endpoint_host(made) if made is not None else "the Bedrock control plane"
+            failed = transport_words(exc, host)
+            if failed is not None:
+                if isinstance(exc, EndpointConnectionError | ConnectTimeoutError):
+                    failed = StepFailed(
+                        f"{failed} ListFoundationModels goes to the control-plane host; check a model of this "
+                        "provider to test the runtime endpoint the agent uses."
+                    )
+                raise failed from None
+            raise bedrock_refused(exc, what="bedrock:ListFoundationModels") from None
+        listed = len(page.get("modelSummaries") or [])
+        return f"the credentials were accepted; ListFoundationModels lists {listed} text model(s)"
 
-    return [("api", api)]
+    def bedrock_refused(exc: Exception, *, what: str) -> StepFailed:
+        if not isinstance(exc, ClientError):
+            return StepFailed(f"The Bedrock call failed ({exc.__class__.__name__}).")
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        said = scrub.suffix(str(exc.response.get("Error", {}).get("Message", "")))
+        status = status_of(exc)
+        if code == "AccessDeniedException":
+            enabled = (
+                f", or model access to {model.identifier} is not enabled for the account in {provider.region}"
+                if model is not None
+                else ""
+            )
+            return StepFailed(
+                f"403 AccessDeniedException: the credentials are valid, but the IAM policy of {how} does not allow "
+                f"{what}{enabled}{said}."
+            )
+        if code in ("ResourceNotFoundException", "ValidationException") and model is not None:
+            return StepFailed(
+                f"{status or 404} {code}: model {model.identifier} is not served by Bedrock in {provider.region}: "
+                f"check the model id (or inference profile) and the region{said}."
+            )
+        if status == 404:
+            return StepFailed(
+                f"404 {code}: the endpoint has no such API: check the base URL (e.g. "
+                f"https://bedrock-runtime.{provider.region}.amazonaws.com, or your gateway's Bedrock URL){said}."
+            )
+        if code in ("ThrottlingException", "ServiceQuotaExceededException") or status == 429:
+            return StepFailed(f"429 {code}: Bedrock is throttling the account; try again later{said}.")
+        if status >= 500:
+            return StepFailed(f"{status} {code}: Bedrock has a problem of its own; try again later{said}.")
+        return StepFailed(f"{status} {code}: Bedrock refused the request{said}.")
+
+    def converse() -> str:
+        assert model is not None
+        made = None
+        try:
+            made = client("bedrock-runtime", provider.base_url or None)
+            made.converse(
+                modelId=model.identifier,
+                messages=[{"role": "user", "content": [{"text": "ping"}]}],
+                inferenceConfig={"maxTokens": 1},
+            )
+        except Exception as exc:  # noqa: BLE001
+            failed = transport_words(exc, endpoint_host(made) if made is not None else "the Bedrock endpoint")
+            if failed is not None:
+                raise failed from None
+            code = str(exc.response.get("Error", {}).get("Code", "")) if isinstance(exc, ClientError) else ""
+            if code not in AWS_AFTER_AUTHENTICATION:
+                raise bedrock_refused(exc, what="bedrock:InvokeModel") from None
+            outcome["error"] = exc  # AWS authenticated the request before refusing it: the model step says why
+            return f"the credentials were accepted (AWS answered {code} about the model)"
+        outcome["error"] = None
+        return "the credentials were accepted"
+
+    def check_model() -> str:
+        assert model is not None
+        error = outcome.get("error")
+        if error is not None:
+            raise bedrock_refused(error, what=f"bedrock:InvokeModel on {model.identifier}")
+        return f"model {model.identifier} answered (Converse)"
+
+    if model is None:
+        return [("api", list_models)]
+    return [("api", converse), ("model", check_model)]
+
+
+def _vendor_steps(provider: Provider, key: str, model: LanguageModel | None, scrub: _Scrubber) -> list[tuple[str, Any]]:
+    """The vendor's steps; a set-up that fails (a missing setting, an SDK refusing it) becomes a failing api step."""
+    build = VENDOR_STEPS.get(provider.kind)
+    if build is None:
+        return [("api", lambda: _fail(f"Airlock cannot call providers of kind {provider.kind!r}."))]
+    try:
+        return build(provider, key, model, scrub)
+    except StepFailed as exc:
+        message = str(exc)
+    except Exception as exc:  # noqa: BLE001 - an SDK that refuses the settings: say so in words
+        said = scrub.suffix(str(exc))
+        message = f"The {provider.kind} client cannot be set up with the provider's settings ({exc.__class__.__name__})"
+        message += f"{said}: check the base URL, API version and region."
+    return [("api", lambda: _fail(message))]
 
 
 VENDOR_STEPS: dict[str, Callable[..., list[tuple[str, Any]]]] = {
@@ -491,6 +737,11 @@ def run_check(provider: Provider, model: LanguageModel | None = None) -> CheckRe
         nonlocal key, scrub
         if provider.kind == ProviderKind.BEDROCK and provider.use_ambient_credentials:
             return "the server's ambient AWS credentials (IAM role)"
+        if provider.kind == ProviderKind.BEDROCK and not (provider.aws_access_key_id and provider.has_api_key):
+            raise StepFailed(
+                "No AWS access key is stored: give the access key id and the secret access key, or turn on ambient "
+                "credentials to use the server's own AWS role."
+            )
         if not provider.has_api_key:
             return "no key stored (the endpoint must not need one)"
         try:
@@ -533,12 +784,10 @@ def run_check(provider: Provider, model: LanguageModel | None = None) -> CheckRe
             _timed(steps, name, run)
         if scheme == "https" and not state.get("via"):
             _timed(steps, "tls", tls)
-        for name, run in VENDOR_STEPS[provider.kind](provider, key, model, scrub):
+        for name, run in _vendor_steps(provider, key, model, scrub):
             _timed(steps, name, run)
     except StepFailed:
         pass
-    except KeyError:
-        steps.append(CheckStep("api", False, f"Airlock cannot call providers of kind {provider.kind!r}.", 0))
     finally:
         leftover = state.pop("socket", None)
         if leftover is not None:
