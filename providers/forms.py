@@ -7,9 +7,12 @@ from decimal import Decimal
 from typing import Any
 
 from django import forms
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser, Group
 from django.core.exceptions import ValidationError
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
+from organizations.models import Organization
 from providers.models import LanguageModel, Provider, ProviderKind
 from providers.validation import REASONING_EFFORTS
 
@@ -368,3 +371,90 @@ class LanguageModelForm(forms.Form):
             if value != current:
                 changes[field] = value
         return changes
+
+
+# --- who may use a model -----------------------------------------------------------------------------------------
+
+ACCESS_CHOICES = [
+    ("open", "Open: every agents user of the organization may use it"),
+    ("restricted", "Restricted: only the users and groups granted below"),
+]
+
+
+def member_named(organization: Organization, name: str) -> AbstractBaseUser:
+    """The member of the organization with this username or email; ValidationError (one message for both) otherwise.
+
+    An unknown user and a user of another organization get the same answer, so the form tells nothing about
+    accounts outside the organization.
+    """
+    value = name.strip()
+    members = get_user_model().objects.filter(memberships__organization=organization)
+    found = list(members.filter(Q(username=value) | Q(email__iexact=value)).distinct()[:2])
+    if len(found) == 1:
+        return found[0]
+    if len(found) > 1:
+        exact = [user for user in found if user.get_username() == value]
+        if len(exact) == 1:
+            return exact[0]
+        raise ValidationError(f"Several members of {organization.name} use the email {value!r}: give the username.")
+    raise ValidationError(
+        f"No member of {organization.name} has the username or email {value!r}: invite them to the organization first."
+    )
+
+
+class ModelRestrictionForm(forms.Form):
+    """Open a model to every agents user, or restrict it to the users and groups granted access."""
+
+    access = forms.ChoiceField(label="Who may use it", choices=ACCESS_CHOICES, widget=forms.RadioSelect)
+
+    def __init__(self, *args: Any, model: LanguageModel, **kwargs: Any) -> None:
+        kwargs.setdefault("initial", {"access": "restricted" if model.restricted_access else "open"})
+        super().__init__(*args, **kwargs)
+
+    def restricted(self) -> bool:
+        """The chosen setting, as the model's `restricted_access` value."""
+        return self.cleaned_data["access"] == "restricted"
+
+
+class ModelAccessForm(forms.Form):
+    """One member (by username or email) or one group whose use of a model is granted or revoked."""
+
+    user = forms.CharField(
+        label="Member",
+        required=False,
+        max_length=254,
+        help_text="The username or email of a member of this organization.",
+        widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
+    )
+    group = forms.ModelChoiceField(
+        label="Or a group",
+        queryset=Group.objects.none(),
+        required=False,
+        empty_label="— no group —",
+        help_text="Every user in the group who may run agents here.",
+    )
+
+    def __init__(self, *args: Any, organization: Organization, groups: QuerySet[Group], **kwargs: Any) -> None:
+        self.organization = organization
+        super().__init__(*args, **kwargs)
+        self.fields["group"].queryset = groups
+        self.fields["group"].error_messages["invalid_choice"] = f"No such group in {organization.name}: pick one."
+
+    def clean_user(self) -> AbstractBaseUser | None:
+        """The member named, or None when the field is blank."""
+        name = self.cleaned_data.get("user") or ""
+        return member_named(self.organization, name) if name else None
+
+    def clean(self) -> dict[str, Any]:
+        """Exactly one of a member or a group."""
+        data = super().clean()
+        if self.has_error("user") or self.has_error("group"):
+            return data
+        if bool(data.get("user")) == bool(data.get("group")):
+            raise ValidationError("Name one member or pick one group (not both).")
+        return data
+
+    def grantee(self) -> dict[str, Any]:
+        """Keyword arguments for model_grant_access / model_revoke_access: user=... or group=..."""
+        data = self.cleaned_data
+        return {"user": data["user"]} if data.get("user") else {"group": data["group"]}

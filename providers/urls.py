@@ -17,4 +17,5 @@ urlpatterns = [
     path("orgs/<slug:slug>/settings/models/<int:model_id>/edit/", views.model_edit, name="model-edit"),
     path("orgs/<slug:slug>/settings/models/<int:model_id>/delete/", views.model_delete, name="model-delete"),
     path("orgs/<slug:slug>/settings/models/<int:model_id>/default/", views.model_default, name="model-default"),
+    path("orgs/<slug:slug>/settings/models/<int:model_id>/access/", views.model_access, name="model-access"),
 ]

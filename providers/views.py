@@ -2,25 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from django.contrib import messages
+from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db.models import Count, Prefetch
+from django.db.models import Count, Exists, OuterRef, Prefetch, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST
 
-from organizations.models import Organization
+from organizations.models import Membership, Organization
 from organizations.permissions import has_permission, is_member
 from providers import services
 from providers.checks import provider_check
-from providers.forms import LanguageModelForm, ProviderForm, apply_service_errors, provider_key_label
+from providers.forms import (
+    LanguageModelForm,
+    ModelAccessForm,
+    ModelRestrictionForm,
+    ProviderForm,
+    apply_service_errors,
+    provider_key_label,
+)
 from providers.models import LanguageModel, Provider, ProviderKind
-from providers.selectors import models_visible_to, providers_for_user, role_names
+from providers.selectors import model_access_grants, models_visible_to, providers_for_user, role_names
 
 VIEW_ACTION = "provider.view"
 CHECKS_SESSION_KEY = "provider_checks"
@@ -101,6 +112,52 @@ def _model(request: HttpRequest, organization: Organization, model_id: int) -> L
     return get_object_or_404(models_visible_to(user=request.user, organization=organization), pk=model_id)
 
 
+def _row_url(slug: str, row: Provider | LanguageModel) -> str:
+    """The list page of a provider or a model, scrolled to its row."""
+    if isinstance(row, Provider):
+        return f"{reverse('providers:provider-list', kwargs={'slug': slug})}#provider-{row.pk}"
+    return f"{reverse('providers:model-list', kwargs={'slug': slug})}#model-{row.pk}"
+
+
+def _posted(request: HttpRequest) -> Any:
+    """The form data of a POST; None on GET (an unbound form)."""
+    return request.POST if request.method == "POST" else None
+
+
+def _save_edit(
+    request: HttpRequest,
+    form: ProviderForm | LanguageModelForm,
+    update: Callable[..., object],
+    saved: Callable[[], str],
+) -> bool:
+    """Validate an edit form and hand what changed to the service; True (and a flash message) once saved.
+
+    A refusal from the service lands next to the fields it names.
+    """
+    if not form.is_valid():
+        return False
+    try:
+        changes = form.update_changes()
+        if changes:
+            update(**changes)
+    except ValidationError as error:
+        apply_service_errors(form, error)
+        return False
+    messages.success(request, saved() if changes else "Nothing changed.")
+    return True
+
+
+def _call_service(request: HttpRequest, call: Callable[[], object], done: str) -> bool:
+    """Run a service call that takes no form; flash `done`, or the reason it refused (a ValidationError)."""
+    try:
+        call()
+    except ValidationError as error:
+        messages.error(request, " ".join(error.messages))
+        return False
+    messages.success(request, done)
+    return True
+
+
 # Providers -------------------------------------------------------------------------------------------------------
 
 
@@ -153,7 +210,7 @@ def provider_list(request: HttpRequest, slug: str) -> HttpResponse:
             messages.success(
                 request, f"Added the provider {provider.name}. Press Test to check that Airlock reaches it."
             )
-            return redirect(f"{reverse('providers:provider-list', kwargs={'slug': slug})}#provider-{provider.pk}")
+            return redirect(_row_url(slug, provider))
     return _render_provider_list(request, organization, form, status=400)
 
 
@@ -164,26 +221,12 @@ def provider_edit(request: HttpRequest, slug: str, provider_id: int) -> HttpResp
     organization = _organization(request, slug)
     provider = _provider(request, organization, provider_id)
     _require_manage(request, organization, "provider.manage")
-    status = 200
-    if request.method == "POST":
-        form = ProviderForm(request.POST, provider=provider)
-        if form.is_valid():
-            try:
-                changes = form.update_changes()
-                if changes:
-                    services.provider_update(actor=request.user, provider=provider, **changes)
-            except ValidationError as error:
-                apply_service_errors(form, error)
-            else:
-                messages.success(
-                    request, f"Saved the provider {form.cleaned_data['name']}." if changes else "Nothing changed."
-                )
-                return redirect(f"{reverse('providers:provider-list', kwargs={'slug': slug})}#provider-{provider.pk}")
-        status = 400
-    else:
-        form = ProviderForm(provider=provider)
+    form = ProviderForm(_posted(request), provider=provider)
+    update = partial(services.provider_update, actor=request.user, provider=provider)
+    if form.is_bound and _save_edit(request, form, update, lambda: f"Saved the provider {form.cleaned_data['name']}."):
+        return redirect(_row_url(slug, provider))
     context = _context(request, organization, provider=provider, form=form, key_label=provider_key_label(provider))
-    return render(request, "providers/provider_edit.html", context, status=status)
+    return render(request, "providers/provider_edit.html", context, status=400 if form.is_bound else 200)
 
 
 @_settings_page
@@ -194,12 +237,8 @@ def provider_delete(request: HttpRequest, slug: str, provider_id: int) -> HttpRe
     provider = _provider(request, organization, provider_id)
     _require_manage(request, organization, "provider.manage")
     if request.method == "POST":
-        try:
-            services.provider_delete(actor=request.user, provider=provider)
-        except ValidationError as error:
-            messages.error(request, " ".join(error.messages))
-            return redirect("providers:provider-list", slug=slug)
-        messages.success(request, f"Deleted the provider {provider.name}.")
+        delete = partial(services.provider_delete, actor=request.user, provider=provider)
+        _call_service(request, delete, f"Deleted the provider {provider.name}.")
         return redirect("providers:provider-list", slug=slug)
     model_count = LanguageModel.objects.filter(provider=provider).count()
     context = _context(request, organization, provider=provider, model_count=model_count)
@@ -242,11 +281,11 @@ def provider_test(request: HttpRequest, slug: str, provider_id: int) -> HttpResp
         result = provider_check(actor=request.user, provider=provider, model=model)
     except ValidationError as error:
         messages.error(request, " ".join(error.messages))
-        return redirect(f"{reverse('providers:provider-list', kwargs={'slug': slug})}#provider-{provider.pk}")
+        return redirect(_row_url(slug, provider))
     checks = dict(request.session.get(CHECKS_SESSION_KEY, {}))
     checks[str(provider.pk)] = _check_record(result)
     request.session[CHECKS_SESSION_KEY] = checks
-    return redirect(f"{reverse('providers:provider-list', kwargs={'slug': slug})}#provider-{provider.pk}")
+    return redirect(_row_url(slug, provider))
 
 
 def _int_or_404(value: str) -> int:
@@ -300,7 +339,7 @@ def model_list(request: HttpRequest, slug: str) -> HttpResponse:
             apply_service_errors(form, error)
         else:
             messages.success(request, f"Added the model {model.display_name}.")
-            return redirect(f"{reverse('providers:model-list', kwargs={'slug': slug})}#model-{model.pk}")
+            return redirect(_row_url(slug, model))
     return _render_model_list(request, organization, form, status=400)
 
 
@@ -311,25 +350,12 @@ def model_edit(request: HttpRequest, slug: str, model_id: int) -> HttpResponse:
     organization = _organization(request, slug)
     model = _model(request, organization, model_id)
     _require_manage(request, organization, "model.manage")
-    status = 200
-    if request.method == "POST":
-        form = _model_form(request, organization, request.POST, model=model)
-        if form.is_valid():
-            try:
-                changes = form.update_changes()
-                if changes:
-                    services.model_update(actor=request.user, model=model, **changes)
-            except ValidationError as error:
-                apply_service_errors(form, error)
-            else:
-                messages.success(request, f"Saved the model {model.display_name}." if changes else "Nothing changed.")
-                return redirect(f"{reverse('providers:model-list', kwargs={'slug': slug})}#model-{model.pk}")
-        status = 400
-    else:
-        form = _model_form(request, organization, model=model)
-    return render(
-        request, "providers/model_edit.html", _context(request, organization, model=model, form=form), status=status
-    )
+    form = _model_form(request, organization, _posted(request), model=model)
+    update = partial(services.model_update, actor=request.user, model=model)
+    if form.is_bound and _save_edit(request, form, update, lambda: f"Saved the model {model.display_name}."):
+        return redirect(_row_url(slug, model))
+    context = _context(request, organization, model=model, form=form)
+    return render(request, "providers/model_edit.html", context, status=400 if form.is_bound else 200)
 
 
 @_settings_page
@@ -340,12 +366,8 @@ def model_delete(request: HttpRequest, slug: str, model_id: int) -> HttpResponse
     model = _model(request, organization, model_id)
     _require_manage(request, organization, "model.manage")
     if request.method == "POST":
-        try:
-            services.model_delete(actor=request.user, model=model)
-        except ValidationError as error:
-            messages.error(request, " ".join(error.messages))
-            return redirect("providers:model-list", slug=slug)
-        messages.success(request, f"Deleted the model {model.display_name}.")
+        delete = partial(services.model_delete, actor=request.user, model=model)
+        _call_service(request, delete, f"Deleted the model {model.display_name}.")
         return redirect("providers:model-list", slug=slug)
     return render(request, "providers/model_delete.html", _context(request, organization, model=model))
 
@@ -357,10 +379,117 @@ def model_default(request: HttpRequest, slug: str, model_id: int) -> HttpRespons
     organization = _organization(request, slug)
     model = _model(request, organization, model_id)
     _require_manage(request, organization, "model.manage")
-    try:
-        services.model_set_default(actor=request.user, model=model)
-    except ValidationError as error:
-        messages.error(request, " ".join(error.messages))
+    make_default = partial(services.model_set_default, actor=request.user, model=model)
+    _call_service(request, make_default, f"{model.display_name} is now the default model of {organization.name}.")
+    return redirect(_row_url(slug, model))
+
+
+# Who may use a model ---------------------------------------------------------------------------------------------
+
+
+def _granted_groups(model: LanguageModel, names: list[str] | None = None) -> QuerySet[Group]:
+    """The groups holding a grant on the model (the revoke buttons' choices); `names` when already read."""
+    if names is None:
+        names = model_access_grants(model=model)["groups"]
+    return Group.objects.filter(name__in=names).order_by("name")
+
+
+def _grantable_groups(organization: Organization) -> QuerySet[Group]:
+    """Groups with at least one member of the organization: groups are site-wide, other tenants' stay unnamed."""
+    return Group.objects.filter(user__memberships__organization=organization).distinct().order_by("name")
+
+
+def _access_form(organization: Organization, model: LanguageModel, change: str, data: Any = None) -> ModelAccessForm:
+    """The grant form (any group with members here) or a revoke button's form (the groups granted)."""
+    groups = _granted_groups(model) if change == "revoke" else _grantable_groups(organization)
+    return ModelAccessForm(data, organization=organization, groups=groups, prefix=change)
+
+
+def _grant_rows(organization: Organization, model: LanguageModel) -> dict[str, list[Any]]:
+    """The model's grants as the page lists them: users with their email and membership, groups with their id."""
+    names = model_access_grants(model=model)
+    members = Membership.objects.filter(user=OuterRef("pk"), organization=organization)
+    users = (
+        get_user_model()
+        .objects.filter(username__in=names["users"])
+        .annotate(is_member=Exists(members))
+        .order_by("username")
+    )
+    return {"users": list(users), "groups": list(_granted_groups(model, names["groups"]))}
+
+
+def _render_model_access(
+    request: HttpRequest,
+    organization: Organization,
+    model: LanguageModel,
+    *,
+    bound: ModelRestrictionForm | ModelAccessForm | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    """The access page; owners get the forms (`bound` replaces the one that was just posted), auditors none."""
+    context = _context(request, organization, model=model, grants=_grant_rows(organization, model))
+    if context["can_manage_models"]:
+        context["restriction_form"] = ModelRestrictionForm(model=model, prefix="restriction")
+        context["grant_form"] = _access_form(organization, model, "grant")
+        context["revoke_form"] = None
+        if bound is not None:
+            context[f"{bound.prefix}_form"] = bound
+    return render(request, "providers/model_access.html", context, status=status)
+
+
+def _set_restricted(request: HttpRequest, organization: Organization, model: LanguageModel, restricted: bool) -> None:
+    """Open or restrict a model through model_update (audited), and say what changed."""
+    if restricted == model.restricted_access:
+        messages.info(request, "Nothing changed.")
+        return
+    update = partial(services.model_update, actor=request.user, model=model, restricted_access=restricted)
+    if restricted:
+        done = f"{model.display_name} is now restricted to the users and groups granted access."
     else:
-        messages.success(request, f"{model.display_name} is now the default model of {organization.name}.")
-    return redirect(f"{reverse('providers:model-list', kwargs={'slug': slug})}#model-{model.pk}")
+        done = f"{model.display_name} is now open to every agents user of {organization.name}."
+    _call_service(request, update, done)
+
+
+def _access_changed(form: ModelAccessForm, model: LanguageModel, change: str) -> str:
+    """What the flash message says after a grant or a revoke."""
+    grantee = form.grantee()
+    if "user" in grantee:
+        who = grantee["user"].get_username()
+    else:
+        who = f"The group {grantee['group'].name}"
+    if change == "grant":
+        return f"{who} may now use {model.display_name}."
+    return f"{who} no longer has a grant on {model.display_name}."
+
+
+@_settings_page
+@require_http_methods(["GET", "POST"])
+def model_access(request: HttpRequest, slug: str, model_id: int) -> HttpResponse:
+    """Who may use a model: open to every agents user, or restricted to granted users and groups (owners change it)."""
+    organization = _organization(request, slug)
+    model = _model(request, organization, model_id)
+    if request.method == "GET":
+        return _render_model_access(request, organization, model)
+    _require_manage(request, organization, "model.manage")
+    change = request.POST.get("change", "")
+    here = reverse("providers:model-access", kwargs={"slug": slug, "model_id": model.pk})
+    if change == "restriction":
+        form: ModelRestrictionForm | ModelAccessForm = ModelRestrictionForm(request.POST, model=model, prefix=change)
+        if form.is_valid():
+            _set_restricted(request, organization, model, form.restricted())
+            return redirect(here)
+    elif change in ("grant", "revoke"):
+        form = _access_form(organization, model, change, request.POST)
+        if form.is_valid():
+            service = services.model_grant_access if change == "grant" else services.model_revoke_access
+            try:
+                service(actor=request.user, model=model, **form.grantee())
+            except ValidationError as error:
+                apply_service_errors(form, error)
+            else:
+                messages.success(request, _access_changed(form, model, change))
+                return redirect(here)
+    else:
+        messages.error(request, "Nothing was changed: the form sent no known change.")
+        return _render_model_access(request, organization, model, status=400)
+    return _render_model_access(request, organization, model, bound=form, status=400)
