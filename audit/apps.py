@@ -7,7 +7,7 @@ class AuditConfig(AppConfig):
     name = "audit"
 
     def ready(self) -> None:
-        """Turn sign-in, sign-out and failed sign-in signals into audit events."""
+        """Turn sign-in, sign-out, failed sign-in, MFA and SSO signals into audit events."""
         from audit.auth_events import connect_signals
 
         connect_signals()

@@ -1,10 +1,28 @@
-"""Authentication events: sign-in, sign-out, failed sign-in (and MFA when allauth.mfa is installed).
+"""Authentication events: sign-in, sign-out, failed sign-in, two-factor authentication and single sign-on.
 
 A sign-in belongs to no single organization, so each event is written into the chain of every organization
 the user belongs to (one event each, sharing the request id). A failed sign-in for a username that matches
 no account has no organization to go to: it is logged (never with the password), not audited.
 
-The signal receivers at the bottom only adapt allauth's and Django's signals into the service calls.
+Two-factor authentication (allauth.mfa): `auth.mfa_added`, `auth.mfa_removed`, `auth.mfa_reset` and
+`auth.mfa_failed` (a wrong code, outcome failure) name the authenticator type only; a TOTP secret, a code
+and recovery codes never reach an event. A sign-in completed with a second factor is `auth.login` with
+method "mfa".
+
+Single sign-on (allauth.socialaccount, OpenID Connect): a sign-in through the identity provider is
+`auth.login` with method "sso" and the provider's id and name in data; linking and unlinking an identity
+are `auth.sso_linked` / `auth.sso_unlinked`. A failed or cancelled hand-shake (the IdP answers
+error=access_denied, the token exchange fails, ...) is `auth.sso_failed`, outcome failure, only when the
+user can be identified, which means a user signed in to this browser session (linking an identity,
+signing in again). The IdP's error callback carries no identity Airlock could trust, so a failed SSO
+sign-in with nobody signed in is logged (provider, reason, address, request id), not audited, as a
+failed sign-in for an unknown username is. An identity the IdP vouched for that is linked to no local
+account is refused (sign-up is closed) and logged. The OIDC client secret is never logged or audited;
+error texts are scrubbed of it before they are logged.
+
+The signal receivers at the bottom only adapt allauth's and Django's signals into the service calls;
+AuditedSocialAccountAdapter does the same for the SSO failures allauth reports to its adapter instead of
+sending a signal.
 """
 
 from __future__ import annotations
@@ -13,9 +31,11 @@ import logging
 from contextlib import nullcontext
 from typing import Any
 
+from allauth.socialaccount.adapter import DefaultSocialAccountAdapter
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ImproperlyConfigured, MultipleObjectsReturned, ObjectDoesNotExist
 from django.db import transaction
 from django.http import HttpRequest
 
@@ -27,6 +47,12 @@ from organizations.models import Organization
 logger = logging.getLogger(__name__)
 
 USERNAME_MAX_LENGTH = 150
+REDACTED = "[redacted]"
+# allauth's AuthError codes -> the error text of an auth.sso_failed event.
+SSO_FAILURE_ERRORS = {
+    "cancelled": "Single sign-on was cancelled at the identity provider.",
+    "denied": "The identity provider denied single sign-on.",
+}
 # allauth's names for authentication steps -> the method an audit event states.
 ALLAUTH_METHODS = {"password": "password", "socialaccount": "sso", "mfa": "mfa", "code": "login-code"}
 
@@ -94,6 +120,52 @@ def auth_login_failed_record(*, username: str, method: str = "password") -> list
     )
 
 
+def auth_sso_failed_record(
+    *,
+    user: AbstractBaseUser | None,
+    provider: str,
+    provider_name: str = "",
+    process: str = "login",
+    reason: str = "unknown",
+    idp_error: str = "",
+    exception: str = "",
+    detail: str = "",
+) -> list[AuditEvent]:
+    """Audit a failed SSO hand-shake for the signed-in user it happened to; with nobody signed in, only log it.
+
+    `detail` (an exception's text, the IdP's error description) goes to the log only, never into an event.
+    """
+    reason = str(reason or "unknown")[:32]
+    idp_error = str(idp_error or "")[:64]
+    if user is None or not getattr(user, "pk", None):
+        request = audit_context.current()
+        logger.warning(
+            "SSO %s through %r failed (%s%s%s%s) from %s (request %s); not audited: no signed-in user",
+            process,
+            provider,
+            reason,
+            f", IdP error {idp_error!r}" if idp_error else "",
+            f", {exception}" if exception else "",
+            f": {detail[:300]!r}" if detail else "",
+            request.source_ip or "unknown address",
+            request.request_id or "-",
+        )
+        return []
+    data = {"provider": provider, "provider_name": provider_name, "process": process, "reason": reason}
+    if idp_error:
+        data["idp_error"] = idp_error
+    if exception:
+        data["exception"] = exception
+    return auth_event_record(
+        action="auth.sso_failed",
+        user=user,
+        method="sso",
+        outcome=Outcome.FAILURE,
+        error=SSO_FAILURE_ERRORS.get(reason, "Single sign-on failed."),
+        data=data,
+    )
+
+
 # --- signal adapters (no logic beyond reading the signal's arguments) -------------------------------------
 
 
@@ -122,12 +194,25 @@ def _login_method(request: HttpRequest | None, user: AbstractBaseUser, kwargs: d
     return methods[-1] if methods else "unknown"
 
 
+def _provider_data(account: Any, request: HttpRequest | None) -> dict[str, str]:
+    """The SSO provider's id and display name of a SocialAccount (never its client credentials)."""
+    provider_id = str(getattr(account, "provider", "") or "")
+    try:
+        name = str(account.get_provider(request).name)
+    except (ImproperlyConfigured, ObjectDoesNotExist, MultipleObjectsReturned):
+        # An app removed from the settings still has accounts: its id is enough.
+        name = ""
+    return {"provider": provider_id, "provider_name": name or provider_id}
+
+
 def on_user_logged_in(sender: type, request: HttpRequest | None = None, user: Any = None, **kwargs: Any) -> None:
-    """allauth's user_logged_in -> auth.login."""
+    """allauth's user_logged_in -> auth.login (with the provider when the user came through SSO)."""
     if user is None:
         return
+    sociallogin = kwargs.get("sociallogin")
+    data = _provider_data(sociallogin.account, request) if sociallogin is not None else None
     with _request_context(request):
-        auth_event_record(action="auth.login", user=user, method=_login_method(request, user, kwargs))
+        auth_event_record(action="auth.login", user=user, method=_login_method(request, user, kwargs), data=data)
 
 
 def on_user_logged_out(sender: type, request: HttpRequest | None = None, user: Any = None, **kwargs: Any) -> None:
@@ -176,6 +261,98 @@ MFA_SIGNAL_ACTIONS = {
 _MFA_RECEIVERS = {name: _mfa_adapter(action, outcome) for name, (action, outcome) in MFA_SIGNAL_ACTIONS.items()}
 
 
+def on_social_account_added(
+    sender: type, request: HttpRequest | None = None, sociallogin: Any = None, **kwargs: Any
+) -> None:
+    """allauth's social_account_added -> auth.sso_linked."""
+    account = getattr(sociallogin, "account", None)
+    user = getattr(account, "user", None)
+    if user is None or not getattr(user, "pk", None):
+        return
+    with _request_context(request):
+        auth_event_record(
+            action="auth.sso_linked",
+            user=user,
+            method="sso",
+            data={**_provider_data(account, request), "subject": account.uid},
+        )
+
+
+def on_social_account_removed(
+    sender: type, request: HttpRequest | None = None, socialaccount: Any = None, **kwargs: Any
+) -> None:
+    """allauth's social_account_removed -> auth.sso_unlinked."""
+    user = getattr(socialaccount, "user", None)
+    if user is None or not getattr(user, "pk", None):
+        return
+    with _request_context(request):
+        auth_event_record(
+            action="auth.sso_unlinked",
+            user=user,
+            method="sso",
+            data={**_provider_data(socialaccount, request), "subject": socialaccount.uid},
+        )
+
+
+def _scrub(text: str, *secrets: str) -> str:
+    """The text with every non-empty secret replaced."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+class AuditedSocialAccountAdapter(DefaultSocialAccountAdapter):
+    """allauth's social-account adapter, reporting SSO failures and refused identities to the audit services."""
+
+    def on_authentication_error(
+        self,
+        request: HttpRequest,
+        provider: Any,
+        error: str | None = None,
+        exception: BaseException | None = None,
+        extra_context: dict[str, Any] | None = None,
+    ) -> None:
+        """A failed or cancelled SSO hand-shake -> auth.sso_failed (or a log line when nobody is signed in)."""
+        super().on_authentication_error(
+            request, provider, error=error, exception=exception, extra_context=extra_context
+        )
+        app = getattr(provider, "app", None)
+        secret = str(getattr(app, "secret", "") or "")
+        state = (extra_context or {}).get("state") or {}
+        user = getattr(request, "user", None)
+        with _request_context(request):
+            auth_sso_failed_record(
+                user=user if getattr(user, "is_authenticated", False) else None,
+                provider=str(getattr(app, "provider_id", "") or getattr(provider, "id", "")),
+                provider_name=str(getattr(provider, "name", "") or ""),
+                process=str(state.get("process") or "login"),
+                reason=str(error or "unknown"),
+                idp_error=_scrub(str(request.GET.get("error", "")), secret),
+                exception=type(exception).__name__ if exception is not None else "",
+                detail=_scrub(
+                    " ".join(part for part in (str(exception or ""), request.GET.get("error_description", "")) if part),
+                    secret,
+                ),
+            )
+
+    def is_open_for_signup(self, request: HttpRequest, sociallogin: Any) -> bool:
+        """Sign-up stays closed; an SSO identity linked to no local account is logged when it is refused."""
+        is_open = super().is_open_for_signup(request, sociallogin)
+        if not is_open:
+            with _request_context(request):
+                context = audit_context.current()
+                logger.warning(
+                    "SSO sign-in through %r by subject %r refused: linked to no account and sign-up is closed "
+                    "(from %s, request %s)",
+                    sociallogin.account.provider,
+                    sociallogin.account.uid,
+                    context.source_ip or "unknown address",
+                    context.request_id or "-",
+                )
+        return is_open
+
+
 def connect_signals() -> None:
     """Connect the adapters (called once from AuditConfig.ready)."""
     from allauth.account.signals import user_logged_in
@@ -184,6 +361,11 @@ def connect_signals() -> None:
     user_logged_in.connect(on_user_logged_in, dispatch_uid="audit.auth.login")
     user_logged_out.connect(on_user_logged_out, dispatch_uid="audit.auth.logout")
     user_login_failed.connect(on_user_login_failed, dispatch_uid="audit.auth.login_failed")
+    if "allauth.socialaccount" in settings.INSTALLED_APPS:
+        from allauth.socialaccount import signals as social_signals
+
+        social_signals.social_account_added.connect(on_social_account_added, dispatch_uid="audit.auth.sso_linked")
+        social_signals.social_account_removed.connect(on_social_account_removed, dispatch_uid="audit.auth.sso_unlinked")
     if "allauth.mfa" in settings.INSTALLED_APPS:
         from allauth.mfa import signals as mfa_signals
 

@@ -9,6 +9,7 @@ from django.db import connection
 
 from organizations.models import Organization, Role
 from tests.factories import OrganizationFactory, UserFactory, make_member
+from tests.idp.fixtures import oidc_idp, sso  # noqa: F401 - fixtures
 from tests.livesrv import live_portal, portal_processes, session_simulator  # noqa: F401 - fixtures
 
 

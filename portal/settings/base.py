@@ -33,6 +33,9 @@ INSTALLED_APPS = [
     "channels",
     "allauth",
     "allauth.account",
+    "allauth.mfa",
+    "allauth.socialaccount",
+    "allauth.socialaccount.providers.openid_connect",
     "portal",
     "organizations",
     "audit",
@@ -120,6 +123,8 @@ CELERY_BEAT_SCHEDULE = {
     # Batched chaining: chain pending events a lost wake-up left behind (a no-op query in immediate mode).
     "audit-chain-pending-all": {"task": "audit.chain_pending_all", "schedule": 5.0},
 }
+# No broker, no beat: the web process runs CELERY_BEAT_SCHEDULE itself (portal/scheduler.py).
+EMBEDDED_SCHEDULER = env_bool("AIRLOCK_EMBEDDED_SCHEDULER", AGENT_RUNNER == "inline")
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -139,6 +144,62 @@ ACCOUNT_ADAPTER = "portal.auth.NoSignupAccountAdapter"
 LOGIN_REDIRECT_URL = "/"
 LOGIN_URL = "/accounts/login/"
 ACCOUNT_LOGOUT_REDIRECT_URL = "/accounts/login/"
+# Two-factor authentication (allauth.mfa): an authenticator app (TOTP) with recovery codes; no WebAuthn/passkeys.
+MFA_SUPPORTED_TYPES = ["totp", "recovery_codes"]
+MFA_TOTP_ISSUER = AIRLOCK_PRODUCT
+MFA_PASSKEY_LOGIN_ENABLED = False
+
+
+def oidc_provider_settings(
+    *,
+    server_url: str,
+    client_id: str,
+    client_secret: str,
+    provider_id: str = "sso",
+    name: str = "Single sign-on",
+    token_auth_method: str = "",
+) -> dict:
+    """allauth's SOCIALACCOUNT_PROVIDERS for one OpenID Connect identity provider (authorization code + PKCE).
+
+    The IdP must allow the redirect URI <portal>/accounts/oidc/<provider_id>/login/callback/.
+    """
+    app_settings: dict = {"server_url": server_url, "oauth_pkce_enabled": True}
+    if token_auth_method:
+        if token_auth_method not in ("client_secret_basic", "client_secret_post"):
+            raise ImproperlyConfigured(
+                f"AIRLOCK_OIDC_TOKEN_AUTH_METHOD={token_auth_method!r}: use client_secret_basic or client_secret_post."
+            )
+        app_settings["token_auth_method"] = token_auth_method
+    app = {"provider_id": provider_id, "name": name, "client_id": client_id, "secret": client_secret}
+    return {"openid_connect": {"OAUTH_PKCE_ENABLED": True, "APPS": [{**app, "settings": app_settings}]}}
+
+
+# Single sign-on (OpenID Connect), on when AIRLOCK_OIDC_SERVER_URL is set (the issuer URL, or its
+# /.well-known/openid-configuration). The client secret goes to allauth only: it is never logged or audited.
+# Accounts are still created by an operator: an SSO identity signs in to the local account it is linked to (the
+# user links it under "Account security", or an admin adds the social account). With
+# AIRLOCK_OIDC_EMAIL_AUTHENTICATION on, an identity whose e-mail the IdP marks verified signs in to (and is linked
+# to) the local account with that e-mail; allauth then makes an unverified local account's password unusable.
+OIDC_SERVER_URL = env_str("AIRLOCK_OIDC_SERVER_URL", "")
+if OIDC_SERVER_URL:
+    SOCIALACCOUNT_PROVIDERS = oidc_provider_settings(
+        server_url=OIDC_SERVER_URL,
+        client_id=env_str("AIRLOCK_OIDC_CLIENT_ID", required=True),
+        client_secret=env_str("AIRLOCK_OIDC_CLIENT_SECRET", required=True),
+        provider_id=env_str("AIRLOCK_OIDC_PROVIDER_ID", "sso"),
+        name=env_str("AIRLOCK_OIDC_PROVIDER_NAME", "Single sign-on"),
+        token_auth_method=env_str("AIRLOCK_OIDC_TOKEN_AUTH_METHOD", ""),
+    )
+else:
+    SOCIALACCOUNT_PROVIDERS = {}
+SOCIALACCOUNT_EMAIL_AUTHENTICATION = env_bool("AIRLOCK_OIDC_EMAIL_AUTHENTICATION", False)
+SOCIALACCOUNT_EMAIL_AUTHENTICATION_AUTO_CONNECT = SOCIALACCOUNT_EMAIL_AUTHENTICATION
+SOCIALACCOUNT_STORE_TOKENS = False
+# Linking or unlinking an SSO identity asks for the password again (a stolen session cannot add a way in).
+SOCIALACCOUNT_REAUTHENTICATION_REQUIRED = True
+SOCIALACCOUNT_REQUESTS_TIMEOUT = env_int("AIRLOCK_OIDC_TIMEOUT_SECONDS", 10)
+# Audits SSO failures (allauth reports them to the adapter, not through a signal); sign-up stays closed.
+SOCIALACCOUNT_ADAPTER = "audit.auth_events.AuditedSocialAccountAdapter"
 SESSION_COOKIE_NAME = env_str("AIRLOCK_SESSION_COOKIE_NAME", "airlock_sessionid")
 CSRF_COOKIE_NAME = env_str("AIRLOCK_CSRF_COOKIE_NAME", "airlock_csrftoken")
 EMAIL_BACKEND = env_str("AIRLOCK_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")

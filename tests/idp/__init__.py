@@ -1,0 +1,1 @@
+"""A loopback OpenID Connect provider for the SSO tests (node-oidc-provider, see server.mjs)."""
