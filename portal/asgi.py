@@ -16,12 +16,15 @@ from django.conf import settings  # noqa: E402
 
 from agents.routing import websocket_urlpatterns  # noqa: E402
 from portal.runtime import RememberLoop  # noqa: E402
+from portal.scheduler import start_embedded_scheduler  # noqa: E402
 
 http_app = django_asgi_app
 if settings.SERVE_STATIC:
     from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
     http_app = ASGIStaticFilesHandler(django_asgi_app)
+
+start_embedded_scheduler()
 
 application = RememberLoop(
     ProtocolTypeRouter(

@@ -39,7 +39,8 @@ def _setting(name: str, default: float) -> float:
     return float(getattr(settings, name, default))
 
 
-def _runner() -> str:
+def forwarding_runner() -> str:
+    """`celery` (tasks on the broker) or `inline` (threads in this process): AUDIT_FORWARDING_RUNNER or AGENT_RUNNER."""
     return str(getattr(settings, "AUDIT_FORWARDING_RUNNER", "") or getattr(settings, "AGENT_RUNNER", "inline"))
 
 
@@ -72,7 +73,7 @@ def schedule_forwarding(organization_id: int) -> None:
         targets = entry[1] if entry is not None and entry[0] > now else _load_targets(organization_id, now)
         if not targets:
             return
-        if _runner() == "celery":
+        if forwarding_runner() == "celery":
             _wake_celery(organization_id, targets, now)
         else:
             _wake_inline(organization_id)

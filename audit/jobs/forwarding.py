@@ -28,8 +28,17 @@ def forward_destination(destination_id: str) -> None:
 
 @shared_task(name="audit.forward_all_due", max_retries=0, ignore_result=True)
 def forward_all_due() -> None:
-    """The sweep: queue delivery for every enabled destination that has lag and is not backing off."""
-    from audit.forwarding.delivery import due_destination_ids
+    """The sweep: deliver every enabled destination that has lag and is not backing off.
+
+    With a broker, one `audit.forward_destination` task each; without one (the embedded scheduler runs this),
+    delivered here, one destination after the other.
+    """
+    from audit.forwarding import forwarding_runner
+    from audit.forwarding.delivery import deliver_all_due, due_destination_ids
+
+    if forwarding_runner() != "celery":
+        deliver_all_due()
+        return
 
     for destination_id in due_destination_ids():
         forward_destination.apply_async(args=[destination_id], retry=False)

@@ -29,3 +29,5 @@ elif os.environ.get("AIRLOCK_TEST_DB_NAME"):
     DATABASES["default"]["TEST"] = {"NAME": os.environ["AIRLOCK_TEST_DB_NAME"]}
 # In-process tests run turns inline; the live-server fixture picks the runner of the configuration it starts.
 AGENT_RUNNER = os.environ.get("AIRLOCK_AGENT_RUNNER", "inline")
+# Tests that want the embedded scheduler start a server with AIRLOCK_EMBEDDED_SCHEDULER=1.
+EMBEDDED_SCHEDULER = os.environ.get("AIRLOCK_EMBEDDED_SCHEDULER", "") == "1"

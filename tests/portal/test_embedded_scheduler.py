@@ -1,0 +1,95 @@
+"""The embedded deployment (one daphne process, no broker) runs the audit log's scheduled jobs itself.
+
+A SIEM backlog left by a process that stopped before delivering is sent as soon as the portal starts again,
+with no new event to wake it, and the start-up writes the signed checkpoint the chain was missing.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import audit.forwarding as forwarding
+from audit import record
+from audit.forwarding.services import destination_create
+from audit.models import AuditCheckpoint, AuditDestination, AuditEvent
+from portal.scheduler import due_order
+from tests.fakes.siem import HttpReceiver, wait_for
+from tests.livesrv import ROOT, _database_url, _wait_for_http, free_port
+
+
+@pytest.fixture
+def webhook() -> Iterator[HttpReceiver]:
+    receiver = HttpReceiver("webhook").start()
+    yield receiver
+    receiver.stop()
+
+
+def start_embedded_portal(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+    """daphne as `make run` starts it: inline runner, no broker, the embedded scheduler on."""
+    port, log = free_port(), tmp_path / "daphne.log"
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "portal.settings.test",
+        "DATABASE_URL": _database_url(),
+        "AIRLOCK_AGENT_RUNNER": "inline",
+        "AIRLOCK_EMBEDDED_SCHEDULER": "1",
+        "REDIS_URL": "",
+        "PYTHONUNBUFFERED": "1",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "portal.asgi:application"],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    _wait_for_http(f"http://127.0.0.1:{port}/healthz", process, log)
+    return process, log
+
+
+def received_ids(receiver: HttpReceiver) -> list[str]:
+    """Event ids in order of first arrival (what a receiver de-duplicating by id keeps)."""
+    return list(dict.fromkeys(event["id"] for event in receiver.events))
+
+
+def test_every_beat_entry_runs_first_at_start_up_then_at_its_interval() -> None:
+    heap = due_order({"b": {"task": "x", "schedule": 5.0}, "a": {"task": "y", "schedule": 86400}}, now=100.0)
+    assert sorted(heap) == [(102.0, "a", 86400.0), (102.0, "b", 5.0)]
+
+
+@pytest.mark.timeout(90)
+def test_restarted_embedded_portal_delivers_the_siem_backlog_and_signs_a_checkpoint(
+    transactional_db: None, org: Any, owner: Any, webhook: HttpReceiver, settings: Any, tmp_path: Path
+) -> None:
+    # The process that wrote these stopped before delivering them: its wake-ups went to a broker nobody reads.
+    settings.AUDIT_FORWARDING_RUNNER = "celery"
+    forwarding.forget_destinations()
+    destination = destination_create(
+        actor=owner, organization=org, name="siem", kind="webhook", url=webhook.url, secret="whsec-restart-1234"
+    )
+    for index in range(5):
+        record(action="prompt.submitted", actor=owner, organization=org, data={"n": index})
+    assert not webhook.events
+    destination.refresh_from_db()
+    assert destination.delivered_sequence < AuditEvent.objects.filter(organization=org).count()
+    assert not AuditCheckpoint.objects.filter(organization=org).exists()
+    events = AuditEvent.objects.filter(organization=org).order_by("sequence")
+    expected = [str(pk) for pk in events.values_list("id", flat=True)]
+
+    process, log = start_embedded_portal(tmp_path)
+    try:
+        delivered = wait_for(lambda: received_ids(webhook)[: len(expected)] == expected, timeout=30)
+        assert delivered, f"backlog not delivered after start-up:\n{log.read_text()[-3000:]}"
+        last_sequence = AuditEvent.objects.get(pk=expected[-1]).sequence
+        assert wait_for(lambda: AuditDestination.objects.get(pk=destination.pk).delivered_sequence >= last_sequence)
+        assert wait_for(lambda: AuditCheckpoint.objects.filter(organization=org).exists(), timeout=30), log.read_text()
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
