@@ -5,12 +5,12 @@ chain head, so writers of one organization no longer queue through each other's 
 `wake_chainer(org_id)` with `transaction.on_commit`. A rolled-back caller leaves no pending row, hence no event.
 
 `chain_pending(org_id)` then, in one transaction per batch of at most `limit` rows: takes a per-organization
-advisory lock on PostgreSQL (one chainer per organization at a time; on SQLite the database lock serializes
-writers), locks the chain head, reads the committed pending rows in id order (FOR UPDATE SKIP LOCKED), gives
-them the next sequence numbers, hashes them with `audit.chain` (the same rule and canonical form as immediate
-mode, so `audit.verify.verify_chain` checks them unchanged), bulk-inserts them as `AuditEvent` rows with the
-same event id, deletes the pending rows and moves the head; thousands of events share one commit. Afterwards it
-wakes SIEM forwarding (forwarding only ever reads chained events).
+advisory lock on PostgreSQL (one chainer per organization at a time, so the rows it reads need no row locks;
+on SQLite the database lock serializes writers), locks the chain head, reads the committed pending rows in id
+order, gives them the next sequence numbers, hashes them with `audit.chain` (the same rule and canonical form
+as immediate mode, so `audit.verify.verify_chain` checks them unchanged), bulk-inserts them as `AuditEvent`
+rows with the same event id, deletes the pending rows and moves the head; thousands of events share one commit.
+Afterwards it wakes SIEM forwarding (forwarding only ever reads chained events).
 
 Order: events are chained in the order they become visible to the chainer, i.e. in commit order between
 batches and in insert (id) order within one batch. `occurred_at` is the time `record()` was called, so within
@@ -22,8 +22,8 @@ Who runs the chainer:
   `AUDIT_CHAINER_DEBOUNCE_SECONDS` (50 ms) so that a burst shares one commit, then chains, until no wake-up
   arrived during its last round. When another process's chainer holds the organization's lock it tries again
   after the debounce (that chainer may have read its batch before our rows committed), so a wake-up is not lost;
-- the Celery beat sweep `audit.chain_pending_all` (every 5 s) chains whatever a crashed process or a failed
-  wake-up left behind;
+- the Celery beat sweep `audit.chain_pending_all` (every 5 s; the embedded scheduler runs it too) chains
+  whatever a crashed process or a failed wake-up left behind;
 - `verify_chain` reports pending rows older than `AUDIT_PENDING_STALE_SECONDS` (the chainer is not running).
 """
 
@@ -137,7 +137,6 @@ def _chain_batch_orm(alias: str, organization_id: int, limit: int) -> int:
     sequence, prev_hash = _lock_head(organization_id)
     rows = list(
         AuditPendingEvent.objects.using(alias)
-        .select_for_update(skip_locked=True)
         .filter(organization_id=organization_id)
         .order_by("id")
         .values_list("id", "event_id", *PENDING_FIELDS)[:limit]
@@ -179,8 +178,10 @@ def _postgresql_statements(connection: Any) -> tuple[str, str]:
         )
         _PG_SQL["read"] = (
             f"SELECT id, event_id::text, {selected} FROM {pending} "  # noqa: S608
-            "WHERE organization_id = %s ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED"
+            "WHERE organization_id = %s ORDER BY id LIMIT %s"
         )
+        # No row locks: the advisory lock already makes this the organization's only chainer, and a row lock
+        # would cost a WAL record per event. Rows not yet committed are simply not visible.
         # Copy the rows inside the database (the values never travel back), deleting them in the same statement.
         _PG_SQL["move"] = (
             f"WITH moved AS (DELETE FROM {pending} WHERE id = ANY(%s::bigint[]) RETURNING *), "  # noqa: S608

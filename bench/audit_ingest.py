@@ -300,6 +300,7 @@ def main() -> None:
         print(f"{mode}: per organization, 8 orgs: {many / WRITERS:,.0f} events/s (target >= {TARGET_PER_ORG:,.0f})")
         met = one >= TARGET_PER_ORG and one / plain_one >= TARGET_RATIO and many / plain_many >= TARGET_RATIO
         print(f"{mode}: targets met" if met else f"{mode}: targets NOT met")
+    print(f"(load average {os.getloadavg()[0]:.1f}: a shared machine lowers both rates, record() more)")
     if args.profile:
         org_ids = reset(1)
         print()
