@@ -16,12 +16,16 @@ Order: events are chained in the order they become visible to the chainer, i.e. 
 batches and in insert (id) order within one batch. `occurred_at` is the time `record()` was called, so within
 a chain it is not strictly increasing as it is in immediate mode.
 
-Who runs the chainer:
-- a wake-up after each commit starts (or marks dirty) one background thread per organization in the writing
-  process (web process or Celery worker alike; no task is queued, the wake-up stays in-process), which waits
-  `AUDIT_CHAINER_DEBOUNCE_SECONDS` (50 ms) so that a burst shares one commit, then chains, until no wake-up
-  arrived during its last round. When another process's chainer holds the organization's lock it tries again
-  after the debounce (that chainer may have read its batch before our rows committed), so a wake-up is not lost;
+Who runs the chainer (`AUDIT_CHAINER`):
+- `process`: one dedicated `python manage.py audit chainer` per deployment polls every organization's pending
+  events (`run_chainer`) and chains them; writers only insert. This is the high-ingest shape: the hashing stays
+  out of the web and worker processes, whose GIL it would otherwise hold against their own requests;
+- `thread` (the default): a wake-up after each commit starts (or marks dirty) one background thread per
+  organization in the writing process (web process or Celery worker alike; the wake-up stays in-process),
+  which waits `AUDIT_CHAINER_DEBOUNCE_SECONDS` (50 ms) so that a burst shares one commit, then chains, until
+  no wake-up arrived during its last round. When another process's chainer holds the organization's lock it
+  tries again after the debounce (that chainer may have read its batch before our rows committed), so a
+  wake-up is not lost;
 - the Celery beat sweep `audit.chain_pending_all` (every 5 s; the embedded scheduler runs it too) chains
   whatever a crashed process or a failed wake-up left behind;
 - `verify_chain` reports pending rows older than `AUDIT_PENDING_STALE_SECONDS` (the chainer is not running).
@@ -264,8 +268,18 @@ class _Chainer(threading.Thread):
             connections.close_all()
 
 
+def chainer_kind() -> str:
+    """`thread` (a chainer thread in each writing process) or `process` (`manage.py audit chainer` runs it)."""
+    return str(getattr(settings, "AUDIT_CHAINER", "thread"))
+
+
 def wake_chainer(organization_id: int) -> None:
-    """After a pending event commits: make sure this process's chainer for the organization runs (once more)."""
+    """After a pending event commits: make sure this process's chainer for the organization runs (once more).
+
+    Nothing to do when a dedicated chainer process (`AUDIT_CHAINER = "process"`) polls for pending events.
+    """
+    if chainer_kind() == "process":
+        return
     try:
         with _guard:
             chainer = _chainers.get(organization_id)
@@ -277,6 +291,30 @@ def wake_chainer(organization_id: int) -> None:
         chainer.start()
     except Exception:  # the event is committed; the sweep chains it
         logger.exception("could not wake the audit chainer for organization %s", organization_id)
+
+
+def run_chainer(*, stop: threading.Event, idle_seconds: float | None = None) -> int:
+    """The dedicated chainer (`manage.py audit chainer`): chain every organization's pending events until `stop`.
+
+    Polls: a round that chained nothing sleeps `idle_seconds` (the debounce, 50 ms, by default), so events wait
+    at most about that long; a busy round goes again at once. Returns how many events it chained. Hashing
+    here, rather than in a thread of each writing process, keeps the GIL of the web and worker processes free
+    for their own work: a chainer thread hashing a batch delays its writer's every return from the database.
+    """
+    pause = _debounce() if idle_seconds is None else idle_seconds
+    total = 0
+    while not stop.is_set():
+        try:
+            chained = chain_all_pending()
+        except Exception:  # the database went away: log, wait, try again
+            logger.exception("audit chainer round failed")
+            connections.close_all()
+            chained = 0
+        total += chained
+        if not chained:
+            stop.wait(pause)
+    connections.close_all()
+    return total
 
 
 def wait_until_chained(timeout: float = 10.0) -> bool:

@@ -1,7 +1,7 @@
 """Benchmark: hash-chained `audit.record()` events per second with 8 concurrent writers, against plain INSERTs.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/airlock .venv/bin/python bench/audit_ingest.py \
-        [--events N] [--chaining immediate|batched|both]
+        [--events N] [--chaining immediate|batched|both] [--chainer process|thread]
 
 Runs in a database of its own (`airlock_bench`, or AIRLOCK_BENCH_DB), created and migrated by the script; its
 audit tables are emptied at the start. Each run has 8 writer processes (fresh connections, no GIL):
@@ -12,10 +12,12 @@ audit tables are emptied at the start. Each run has 8 writer processes (fresh co
   organization and in 8.
 
 Immediate chaining: writers queue on the organization's chain head; the figure is events appended (and
-committed) per second. Batched chaining (AUDIT_CHAINING=batched): writers commit pending rows and each writer
-process's chainer thread moves them into the chain; the clock stops only when every event is chained (the
-writers wait for their chainers, then the script drains whatever is left), so the figure is events durably
-recorded AND chained per second.
+committed) per second. Batched chaining (AUDIT_CHAINING=batched): writers commit pending rows and a chainer
+moves them into the chain; the clock stops only when no event is left pending, so the figure is events durably
+recorded AND chained per second. Where the chainer runs (`--chainer`, AUDIT_CHAINER):
+- `process` (default): one dedicated `manage.py audit chainer` process, started by this script;
+- `thread`: a chainer thread in each writer process (the writers wait for theirs, then the script drains
+  whatever is left).
 
 Targets (issue 4): at least 5,000 events/s per organization, and at least half the plain-INSERT rate.
 `--profile` adds a cProfile of record() in one process (where the time goes per event).
@@ -29,10 +31,12 @@ import io
 import multiprocessing
 import os
 import pstats
+import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -200,6 +204,29 @@ def _wait(start_at: float) -> None:
         time.sleep(delay)
 
 
+def start_chainer_process() -> subprocess.Popen:
+    """`manage.py audit chainer` against the benchmark database (stopped with SIGTERM at the end)."""
+    env = {**os.environ, "AIRLOCK_AUDIT_CHAINER": "process", "AIRLOCK_AUDIT_CHAINING": "batched"}
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "audit", "chainer"], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True
+    )
+    if "running" not in (process.stdout.readline() if process.stdout else ""):
+        process.kill()
+        sys.exit("the audit chainer process did not start")
+    return process
+
+
+def wait_until_nothing_pending(timeout: float = 300.0) -> None:
+    """Poll until the chainer has moved every pending event (5 ms steps)."""
+    from audit.models import AuditPendingEvent
+
+    deadline = time.monotonic() + timeout
+    while AuditPendingEvent.objects.exists():
+        if time.monotonic() > deadline:
+            sys.exit("events were still pending after the timeout: is the chainer running?")
+        time.sleep(0.005)
+
+
 def run(worker, org_ids: list[int], per_writer: int) -> tuple[float, float]:
     """Start WRITERS processes together; returns (events per second overall, wall seconds).
 
@@ -213,12 +240,18 @@ def run(worker, org_ids: list[int], per_writer: int) -> tuple[float, float]:
     began = time.time()
     with multiprocessing.get_context("fork").Pool(WRITERS) as pool:
         pool.map(worker, tasks, chunksize=1)
-    if worker is record_worker:
-        from audit.chaining import chain_pending
+    from django.conf import settings
 
-        for org_id in org_ids:  # leftovers of a wake-up that lost the race to another process's chainer
-            chain_pending(org_id, wait=True)
+    if worker is record_worker and settings.AUDIT_CHAINING == "batched":
+        if settings.AUDIT_CHAINER == "process":
+            wait_until_nothing_pending()
+        else:
+            from audit.chaining import chain_pending
+
+            for org_id in org_ids:  # leftovers of a wake-up that lost the race to another process's chainer
+                chain_pending(org_id, wait=True)
     wall = time.time() - max(began, start_at)
+    connections.close_all()
     return WRITERS * per_writer / wall, wall
 
 
@@ -263,9 +296,28 @@ def main() -> None:
         default="both",
         help="AUDIT_CHAINING mode(s) of record() to measure (default both)",
     )
+    parser.add_argument(
+        "--chainer",
+        choices=["process", "thread"],
+        default="process",
+        help="batched mode: a dedicated `audit chainer` process (default) or a thread in each writer",
+    )
     args = parser.parse_args()
     setup_django()
     from django.conf import settings
+
+    settings.AUDIT_CHAINER = args.chainer  # inherited by the forked writers
+    chainer = start_chainer_process() if args.chainer == "process" and args.chaining != "immediate" else None
+    try:
+        measure(args, settings)
+    finally:
+        if chainer is not None:
+            chainer.terminate()
+            chainer.wait(timeout=30)
+
+
+def measure(args: argparse.Namespace, settings: Any) -> None:
+    """The runs, their figures and the verdict."""
 
     per_writer = args.events
     modes = ["immediate", "batched"] if args.chaining == "both" else [args.chaining]
@@ -300,7 +352,8 @@ def main() -> None:
         print(f"{mode}: per organization, 8 orgs: {many / WRITERS:,.0f} events/s (target >= {TARGET_PER_ORG:,.0f})")
         met = one >= TARGET_PER_ORG and one / plain_one >= TARGET_RATIO and many / plain_many >= TARGET_RATIO
         print(f"{mode}: targets met" if met else f"{mode}: targets NOT met")
-    print(f"(load average {os.getloadavg()[0]:.1f}: a shared machine lowers both rates, record() more)")
+    print(f"(batched chainer: {args.chainer}; load average {os.getloadavg()[0]:.1f}: a shared machine lowers both")
+    print(" rates, record() more)")
     if args.profile:
         org_ids = reset(1)
         print()

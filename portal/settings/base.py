@@ -240,6 +240,10 @@ if AUDIT_CHAINING not in ("immediate", "batched"):
     raise ImproperlyConfigured(f"AIRLOCK_AUDIT_CHAINING={AUDIT_CHAINING!r}: use 'immediate' or 'batched'.")
 # Batched mode: how long a woken chainer lets a burst of events gather before it chains them in one commit.
 AUDIT_CHAINER_DEBOUNCE_SECONDS = env_float("AIRLOCK_AUDIT_CHAINER_DEBOUNCE_SECONDS", 0.05)
+# Batched mode: "thread" (a chainer thread in each writing process) or "process" (run `manage.py audit chainer`).
+AUDIT_CHAINER = env_str("AIRLOCK_AUDIT_CHAINER", "thread")
+if AUDIT_CHAINER not in ("thread", "process"):
+    raise ImproperlyConfigured(f"AIRLOCK_AUDIT_CHAINER={AUDIT_CHAINER!r}: use 'thread' or 'process'.")
 # verify_chain reports pending (batched, not yet chained) events older than this as a problem.
 AUDIT_PENDING_STALE_SECONDS = env_int("AIRLOCK_AUDIT_PENDING_STALE_SECONDS", 60)
 AUDIT_EXPORT_DIR = Path(env_str("AIRLOCK_AUDIT_EXPORT_DIR", str(DATA_DIR / "exports")))

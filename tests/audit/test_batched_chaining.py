@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -233,3 +234,49 @@ def test_an_unknown_chaining_mode_is_refused_naming_the_variable():
 
     assert result.returncode != 0
     assert "ImproperlyConfigured: AIRLOCK_AUDIT_CHAINING='eventually'" in result.stderr
+
+
+def test_the_dedicated_chainer_process_chains_what_writers_only_inserted(org, other_org, settings):
+    settings.AUDIT_CHAINER = "process"
+    from tests.livesrv import _database_url
+
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "portal.settings.test", "DATABASE_URL": _database_url()}
+    env |= {"AIRLOCK_AUDIT_CHAINING": "batched", "AIRLOCK_AUDIT_CHAINER": "process"}
+    chainer = subprocess.Popen(
+        [sys.executable, "manage.py", "audit", "chainer", "--idle-seconds", "0.02"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert "running" in (chainer.stdout.readline() if chainer.stdout else "")
+        for index in range(12):
+            record(action="prompt.submitted", actor=SystemActor(), organization=(org, other_org)[index % 2], data={})
+        assert not chaining._chainers, "writers start no chainer thread when a chainer process runs"
+
+        deadline = time.monotonic() + 20
+        while AuditEvent.objects.count() < 12 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert actions(org) == [(n, "prompt.submitted") for n in range(1, 7)]
+        assert actions(other_org) == [(n, "prompt.submitted") for n in range(1, 7)]
+        assert not AuditPendingEvent.objects.exists()
+        assert verify_chain(organization=org).ok and verify_chain(organization=other_org).ok
+    finally:
+        chainer.terminate()
+        output, _ = chainer.communicate(timeout=20)
+    assert chainer.returncode == 0, output
+    assert "stopped after chaining 12 events" in output
+
+
+def test_an_unknown_chainer_kind_is_refused_naming_the_variable():
+    result = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        cwd=REPO,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "portal.settings.test", "AIRLOCK_AUDIT_CHAINER": "celery"},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert "AIRLOCK_AUDIT_CHAINER='celery'" in result.stderr
