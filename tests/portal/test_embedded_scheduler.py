@@ -50,7 +50,12 @@ def start_embedded_portal(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
     )
-    _wait_for_http(f"http://127.0.0.1:{port}/healthz", process, log)
+    try:
+        _wait_for_http(f"http://127.0.0.1:{port}/healthz", process, log)
+    except BaseException:
+        process.kill()
+        process.wait(timeout=10)
+        raise
     return process, log
 
 
