@@ -280,3 +280,27 @@ def test_an_unknown_chainer_kind_is_refused_naming_the_variable():
     )
     assert result.returncode != 0
     assert "AIRLOCK_AUDIT_CHAINER='celery'" in result.stderr
+
+
+@pytest.mark.postgres
+def test_one_round_chains_every_organization_but_leaves_a_locked_one_to_its_chainer(org, other_org, settings):
+    import psycopg
+
+    from tests.livesrv import _database_url
+
+    settings.AUDIT_CHAINER = "process"  # writers only insert
+    for organization in (org, other_org, org):
+        record(action="prompt.submitted", actor=SystemActor(), organization=organization)
+    key = (chaining._LOCK_NAMESPACE << 32) | other_org.pk
+    with psycopg.connect(_database_url().replace("postgres://", "postgresql://", 1), autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", [key])  # another chainer is working on other_org
+
+        assert chaining.chain_every_organization() == 2
+        assert actions(org) == [(1, "prompt.submitted"), (2, "prompt.submitted")]
+        assert actions(other_org) == []
+
+        holder.execute("SELECT pg_advisory_unlock(%s)", [key])
+    assert chaining.chain_every_organization() == 1
+    assert actions(other_org) == [(1, "prompt.submitted")]
+    assert not AuditPendingEvent.objects.exists()
+    assert verify_chain(organization=org).ok and verify_chain(organization=other_org).ok
