@@ -5,7 +5,8 @@
 Starts the offline simulator in a subprocess (`python -m providers.simulator`, no pacing) scripted to stream a
 2,000-token answer (one token = 4 characters, one chunk per token), then runs, interleaved and alternating which
 goes first: (a) `openai.AsyncOpenAI(...).chat.completions.create(stream=True)` consumed directly, and (b)
-`providers.clients.stream_turn` (adapter + our retry layer + event translation), the same request each time.
+`providers.clients.stream_turn` (adapter + our retry layer + event translation), the same request each time;
+with `--layers` also (c) the OpenAI-protocol adapter alone, which shows what the retry layer adds on top of it.
 It measures time to first token (first text delta) and total time (until the stream ends), and prints p50/p95 of
 both, the ratio and the milliseconds added. Target: under 2 ms added at p50. Results also go to
 bench/results/provider_overhead-<time>.json (git-ignored).
@@ -111,8 +112,29 @@ async def airlock_run(model, expected_chars: int) -> tuple[float, float]:
     return (first - started) * 1000, (ended - started) * 1000
 
 
-async def measure(base_url: str, *, runs: int, warmup: int, chars: int) -> dict[str, dict[str, list[float]]]:
-    """Interleaved runs of both paths; warm-up runs are discarded."""
+async def adapter_run(model, expected_chars: int) -> tuple[float, float]:
+    """(ttft ms, total ms) through the OpenAI-protocol adapter alone, without stream_turn's retry layer."""
+    from providers.clients import TextDelta
+    from providers.clients.openai_compatible import stream
+
+    started = time.perf_counter()
+    first = None
+    chars = 0
+    events = stream(provider=model.provider, model=model, system=SYSTEM, messages=PROMPT, tools=[], correlation={})
+    async for event in events:
+        if isinstance(event, TextDelta):
+            if first is None:
+                first = time.perf_counter()
+            chars += len(event.text)
+    ended = time.perf_counter()
+    assert chars == expected_chars, f"adapter run got {chars} characters"
+    return (first - started) * 1000, (ended - started) * 1000
+
+
+async def measure(
+    base_url: str, *, runs: int, warmup: int, chars: int, layers: bool = False
+) -> dict[str, dict[str, list[float]]]:
+    """Interleaved runs of the paths (rotating which goes first); warm-up runs are discarded."""
     import openai
 
     from providers.models import LanguageModel, Provider
@@ -120,18 +142,18 @@ async def measure(base_url: str, *, runs: int, warmup: int, chars: int) -> dict[
     provider = Provider(id=1, organization_id=1, name="bench", kind="openai-compatible", base_url=base_url)
     model = LanguageModel(id=1, organization_id=1, provider=provider, identifier="bench-model", context_limit=128_000)
     client = openai.AsyncOpenAI(base_url=base_url, api_key="not-needed", max_retries=0)
-    samples: dict[str, dict[str, list[float]]] = {
-        "direct": {"ttft": [], "total": []},
-        "airlock": {"ttft": [], "total": []},
-    }
+    names = ["direct", "airlock", *(["adapter"] if layers else [])]
+    samples: dict[str, dict[str, list[float]]] = {name: {"ttft": [], "total": []} for name in names}
     try:
         for index in range(warmup + runs):
-            order = ("direct", "airlock") if index % 2 == 0 else ("airlock", "direct")
-            for name in order:
+            shift = index % len(names)
+            for name in names[shift:] + names[:shift]:
                 if name == "direct":
                     ttft, total = await direct_run(client, model.identifier, chars)
-                else:
+                elif name == "airlock":
                     ttft, total = await airlock_run(model, chars)
+                else:
+                    ttft, total = await adapter_run(model, chars)
                 if index >= warmup:
                     samples[name]["ttft"].append(ttft)
                     samples[name]["total"].append(total)
@@ -145,6 +167,9 @@ def summarize(samples: dict[str, dict[str, list[float]]]) -> dict[str, dict[str,
     summary: dict[str, dict[str, float]] = {}
     for metric in ("ttft", "total"):
         row: dict[str, float] = {}
+        if "adapter" in samples:
+            adapter_paired = [a - d for a, d in zip(samples["adapter"][metric], samples["direct"][metric], strict=True)]
+            row["adapter_paired_added_p50_ms"] = percentile(adapter_paired, 0.50)
         for name in ("direct", "airlock"):
             row[f"{name}_p50_ms"] = percentile(samples[name][metric], 0.50)
             row[f"{name}_p95_ms"] = percentile(samples[name][metric], 0.95)
@@ -163,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=50, help="measured runs of each path (default 50)")
     parser.add_argument("--warmup", type=int, default=5, help="discarded warm-up runs of each path (default 5)")
     parser.add_argument("--tokens", type=int, default=2000, help="tokens in the streamed answer (default 2000)")
+    parser.add_argument(
+        "--layers", action="store_true", help="also time the adapter alone (what the retry layer adds on top of it)"
+    )
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="airlock-bench-") as tmp:
@@ -170,11 +198,12 @@ def main(argv: list[str] | None = None) -> int:
         text = ("abc " * args.tokens)[: args.tokens * 4]  # 4 characters a token, one chunk a token
         turn = {"text": text, "chunk_chars": 4, "usage": {"prompt_tokens": 20, "completion_tokens": args.tokens}}
         script = Path(tmp) / "script.json"
-        script.write_text(json.dumps([turn] * (2 * (args.runs + args.warmup))))
+        script.write_text(json.dumps([turn] * (3 * (args.runs + args.warmup))))
         process, base_url = start_simulator(script)
         load_before = os.getloadavg()[0]
         try:
-            samples = asyncio.run(measure(base_url, runs=args.runs, warmup=args.warmup, chars=len(text)))
+            run = measure(base_url, runs=args.runs, warmup=args.warmup, chars=len(text), layers=args.layers)
+            samples = asyncio.run(run)
         finally:
             process.terminate()
             process.wait(timeout=10)
@@ -194,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
             f"   ratio p50 {row['ratio_p50']:.3f}, p95 {row['ratio_p95']:.3f}; "
             f"median of paired differences {row['paired_added_p50_ms']:.2f} ms"
         )
+        if "adapter_paired_added_p50_ms" in row:
+            print(f"{metric:<8}{'adapter':<10} alone adds {row['adapter_paired_added_p50_ms']:.2f} ms (paired median)")
     for metric, label in (("ttft", "time to first token"), ("total", "total time")):
         # The difference of two p50s is noisy on a busy machine; the median of paired differences is steadier.
         added = max(summary[metric]["added_p50_ms"], summary[metric]["paired_added_p50_ms"])

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from providers.clients.base import (
     STOP_REASONS,
+    CallHooks,
     CallSummary,
     ModelCallError,
     ReasoningDelta,
@@ -90,12 +91,12 @@ def stream_turn(
     A ReasoningState, when the answer has one, belongs with the assistant message as its "reasoning" (see
     `providers.clients.base`): the next call sends it back to the same kind of vendor and drops it for any other.
     Retries retryable failures while nothing has been yielded, then tries the model's fallback; on final failure
-    raises ModelCallError with `.attempts` set. (A plain function returning the async generator: one hop less
-    per event; use it with `async for`, or `aclosing(...)` to close it early.)
+    raises ModelCallError with `.attempts` set. Returns a `TurnStream`: use it with `async for`, or
+    `aclosing(...)` to close it early; from the first token on, its events come straight from the adapter.
     """
     headers = correlation or {}
 
-    async def open_stream(target: LanguageModel) -> tuple[Provider, AsyncIterator[StreamEvent]]:
+    async def open_stream(target: LanguageModel, hooks: CallHooks) -> tuple[Provider, AsyncIterator[StreamEvent]]:
         provider = await _provider_of(target)
         module_name = ADAPTERS.get(provider.kind)
         if module_name is None:
@@ -111,7 +112,13 @@ def stream_turn(
                 "Airlock: pick another provider kind or upgrade Airlock."
             ) from None
         events = adapter.stream(
-            provider=provider, model=target, system=system, messages=messages, tools=tools, correlation=headers
+            provider=provider,
+            model=target,
+            system=system,
+            messages=messages,
+            tools=tools,
+            correlation=headers,
+            hooks=hooks,
         )
         return provider, events
 

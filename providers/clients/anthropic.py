@@ -21,6 +21,7 @@ import anthropic
 import httpx2
 
 from providers.clients.base import (
+    CallHooks,
     ModelCallError,
     ReasoningDelta,
     ReasoningState,
@@ -30,7 +31,9 @@ from providers.clients.base import (
     ToolSpec,
     TurnEnd,
     Usage,
+    failed_mid_stream,
     reasoning_blocks,
+    summary_events,
     tool_call_from_fragments,
 )
 from providers.clients.openai_compatible import (
@@ -302,6 +305,7 @@ async def stream(
     messages: list[dict[str, Any]],
     tools: list[ToolSpec],
     correlation: dict[str, str],
+    hooks: CallHooks | None = None,
 ) -> AsyncIterator[StreamEvent]:
     """One streamed Messages API call, as neutral events."""
     api_key = provider_api_key(provider)
@@ -336,11 +340,14 @@ async def stream(
             except StopAsyncIteration:
                 break
             except TRANSPORT_ERRORS as exc:
-                raise context.translate(exc, mid_stream=True) from None
+                raise failed_mid_stream(hooks, context.translate(exc, mid_stream=True)) from None
             except (ValueError, TypeError):
-                raise ModelCallError(
-                    f"{context.host} sent something that is not a Messages API stream: is the base URL right "
-                    "(for Anthropic it has no /v1 at the end)?"
+                raise failed_mid_stream(
+                    hooks,
+                    ModelCallError(
+                        f"{context.host} sent something that is not a Messages API stream: is the base URL right "
+                        "(for Anthropic it has no /v1 at the end)?"
+                    ),
                 ) from None
             kind = event.type
             if kind == "content_block_delta":
@@ -378,8 +385,11 @@ async def stream(
                 finished = True
 
     if not finished and stop_reason is None:
-        raise ModelCallError(
-            f"The answer from {context.host} ended before the model finished: try again.", retryable=True
+        raise failed_mid_stream(
+            hooks,
+            ModelCallError(
+                f"The answer from {context.host} ended before the model finished: try again.", retryable=True
+            ),
         )
     requests = blocks.requests()
     for call in requests:
@@ -390,4 +400,6 @@ async def stream(
     if tokens.seen:
         yield tokens.usage()
     reason = STOP_REASONS.get(stop_reason or "", "end_turn")
+    for event in summary_events(hooks):
+        yield event
     yield TurnEnd(stop_reason="tool_use" if requests and reason != "max_tokens" else reason)

@@ -35,6 +35,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from portal.crypto import decrypt_secret
 from providers.clients.base import (
+    CallHooks,
     ModelCallError,
     ReasoningDelta,
     ReasoningState,
@@ -45,7 +46,9 @@ from providers.clients.base import (
     TurnEnd,
     Usage,
     endpoint_host,
+    failed_mid_stream,
     reasoning_blocks,
+    summary_events,
     tool_call_from_fragments,
 )
 
@@ -342,6 +345,7 @@ async def stream(
     messages: list[dict[str, Any]],
     tools: list[ToolSpec],
     correlation: dict[str, str],
+    hooks: CallHooks | None = None,
 ) -> AsyncIterator[StreamEvent]:
     """One streamed Converse call, as neutral events."""
     ambient = bool(provider.use_ambient_credentials)
@@ -408,7 +412,7 @@ async def stream(
             if kind == "done":
                 break
             if kind == "error":
-                raise context.translate(value, mid_stream=received) from None
+                raise failed_mid_stream(hooks, context.translate(value, mid_stream=received)) from None
             received = True
             if "contentBlockStart" in value:
                 block = value["contentBlockStart"]
@@ -453,8 +457,11 @@ async def stream(
                 stream_body.close()  # ends the worker's blocking read when the caller stops early
 
     if stop_reason is None:
-        raise ModelCallError(
-            f"The answer from {context.host} ended before the model finished: try again.", retryable=True
+        raise failed_mid_stream(
+            hooks,
+            ModelCallError(
+                f"The answer from {context.host} ended before the model finished: try again.", retryable=True
+            ),
         )
     calls = [_tool_call(slots[index]) for index in sorted(slots)]
     for call in calls:
@@ -469,6 +476,8 @@ async def stream(
             cache_read_tokens=int(usage.get("cacheReadInputTokens") or 0),
             cache_write_tokens=int(usage.get("cacheWriteInputTokens") or 0),
         )
+    for event in summary_events(hooks):
+        yield event
     yield TurnEnd(stop_reason="tool_use" if calls else STOP_REASONS.get(stop_reason, "end_turn"))
 
 

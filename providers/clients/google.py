@@ -34,6 +34,7 @@ from google.genai import types
 
 from portal.crypto import decrypt_secret
 from providers.clients.base import (
+    CallHooks,
     ModelCallError,
     ReasoningDelta,
     ReasoningState,
@@ -45,8 +46,10 @@ from providers.clients.base import (
     Usage,
     connection_error,
     endpoint_host,
+    failed_mid_stream,
     http_status_error,
     reasoning_blocks,
+    summary_events,
 )
 
 if TYPE_CHECKING:
@@ -276,6 +279,7 @@ async def stream(
     messages: list[dict[str, Any]],
     tools: list[ToolSpec],
     correlation: dict[str, str],
+    hooks: CallHooks | None = None,
 ) -> AsyncIterator[StreamEvent]:
     """One streamed generateContent call, as neutral events."""
     try:
@@ -314,9 +318,9 @@ async def stream(
             except StopAsyncIteration:
                 break
             except TRANSPORT_ERRORS as exc:
-                raise context.translate(exc, mid_stream=received) from None
+                raise failed_mid_stream(hooks, context.translate(exc, mid_stream=received)) from None
             except ValueError:
-                raise context.not_gemini() from None
+                raise failed_mid_stream(hooks, context.not_gemini()) from None
             received = True
             if chunk.usage_metadata is not None:
                 usage = chunk.usage_metadata
@@ -354,8 +358,11 @@ async def stream(
             await iterator.aclose()
 
     if finish_reason is None:
-        raise ModelCallError(
-            f"The answer from {context.host} ended before the model finished: try again.", retryable=True
+        raise failed_mid_stream(
+            hooks,
+            ModelCallError(
+                f"The answer from {context.host} ended before the model finished: try again.", retryable=True
+            ),
         )
     requests = calls.finish()
     for call, _ in requests:
@@ -376,6 +383,8 @@ async def stream(
         stop_reason = "tool_use"
     else:
         stop_reason = FINISH_REASONS.get(finish_reason, "end_turn")
+    for event in summary_events(hooks):
+        yield event
     yield TurnEnd(stop_reason=stop_reason)
 
 

@@ -25,6 +25,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from portal.crypto import decrypt_secret
 from providers.clients.base import (
+    CallHooks,
     ModelCallError,
     ReasoningDelta,
     StreamEvent,
@@ -35,7 +36,9 @@ from providers.clients.base import (
     Usage,
     connection_error,
     endpoint_host,
+    failed_mid_stream,
     http_status_error,
+    summary_events,
     tool_call_from_fragments,
 )
 
@@ -264,6 +267,7 @@ async def stream(
     messages: list[dict[str, Any]],
     tools: list[ToolSpec],
     correlation: dict[str, str],
+    hooks: CallHooks | None = None,
 ) -> AsyncIterator[StreamEvent]:
     """One streamed Chat Completions call, as neutral events (kinds openai-compatible, openai and azure-openai)."""
     api_key = provider_api_key(provider)
@@ -311,16 +315,19 @@ async def stream(
             except StopAsyncIteration:
                 break
             except TRANSPORT_ERRORS as exc:
-                raise context.translate(exc, mid_stream=True) from None
+                raise failed_mid_stream(hooks, context.translate(exc, mid_stream=True)) from None
             except (ValueError, TypeError):
-                raise ModelCallError(
-                    f"{context.host} sent something that is not a Chat Completions stream: is the base URL right "
-                    "(it usually ends in /v1)?"
+                raise failed_mid_stream(
+                    hooks,
+                    ModelCallError(
+                        f"{context.host} sent something that is not a Chat Completions stream: is the base URL right "
+                        "(it usually ends in /v1)?"
+                    ),
                 ) from None
             if chunk.usage is not None:  # usually on a last chunk without choices; some servers send it earlier
                 usage = chunk.usage
             for choice in chunk.choices or ():
-                if choice.index not in (0, None):
+                if choice.index:  # only the first choice: 0, or None from servers that leave it out
                     continue
                 delta = choice.delta
                 if delta is not None:
@@ -339,14 +346,19 @@ async def stream(
                     finish_reason = choice.finish_reason
 
     if finish_reason is None:
-        raise ModelCallError(
-            f"The answer from {context.host} ended before the model finished: try again.", retryable=True
+        raise failed_mid_stream(
+            hooks,
+            ModelCallError(
+                f"The answer from {context.host} ended before the model finished: try again.", retryable=True
+            ),
         )
     requests = calls.requests()
     for call in requests:
         yield call
     if usage is not None:
         yield _usage(usage)
+    for event in summary_events(hooks):
+        yield event
     yield TurnEnd(stop_reason=_stop_reason(finish_reason, bool(requests)))
 
 
