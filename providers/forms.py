@@ -434,8 +434,16 @@ class ModelAccessForm(forms.Form):
         help_text="Every user in the group who may run agents here.",
     )
 
-    def __init__(self, *args: Any, organization: Organization, groups: QuerySet[Group], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        organization: Organization,
+        groups: QuerySet[Group],
+        grant_holders: QuerySet[Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.organization = organization
+        self.grant_holders = grant_holders  # revoking: the users holding a grant, members or not any more
         super().__init__(*args, **kwargs)
         self.fields["group"].queryset = groups
         self.fields["group"].error_messages["invalid_choice"] = f"No such group in {organization.name}: pick one."
@@ -443,7 +451,14 @@ class ModelAccessForm(forms.Form):
     def clean_user(self) -> AbstractBaseUser | None:
         """The member named, or None when the field is blank."""
         name = self.cleaned_data.get("user") or ""
-        return member_named(self.organization, name) if name else None
+        if not name:
+            return None
+        if self.grant_holders is not None:
+            holder = self.grant_holders.filter(username=name.strip()).first()
+            if holder is None:
+                raise ValidationError(f"{name.strip()!r} holds no grant on this model.")
+            return holder
+        return member_named(self.organization, name)
 
     def clean(self) -> dict[str, Any]:
         """Exactly one of a member or a group."""

@@ -445,14 +445,19 @@ def model_set_default(*, actor: Actor, model: LanguageModel) -> LanguageModel:
     return model
 
 
-def _grantee(*, model: LanguageModel, user: AbstractBaseUser | None, group: Group | None) -> tuple[Any, dict[str, str]]:
-    """The user or group an access change is about, checked; and how the audit row names it."""
+def _grantee(
+    *, model: LanguageModel, user: AbstractBaseUser | None, group: Group | None, members_only: bool = True
+) -> tuple[Any, dict[str, str]]:
+    """The user or group an access change is about, checked; and how the audit row names it.
+
+    Grants go to members only; a revoke also reaches a grant its holder kept after leaving the organization.
+    """
     if (user is None) == (group is None):
         raise ValidationError({"__all__": "Name exactly one user or one group."})
     if user is not None:
-        if (
-            not isinstance(user, get_user_model())
-            or not Membership.objects.filter(user_id=user.pk, organization_id=model.organization_id).exists()
+        if not isinstance(user, get_user_model()) or (
+            members_only
+            and not Membership.objects.filter(user_id=user.pk, organization_id=model.organization_id).exists()
         ):
             raise ValidationError(
                 {"user": f"That user is not a member of {model.organization.slug}: invite them first."}
@@ -494,7 +499,7 @@ def model_revoke_access(
 
     organization = model.organization
     require_actor_permission(actor, organization, "model.manage")
-    grantee, who = _grantee(model=model, user=user, group=group)
+    grantee, who = _grantee(model=model, user=user, group=group, members_only=False)
     if user is not None and not _holds_directly(user, model):
         return
     if group is not None and not _group_holds(group, model):

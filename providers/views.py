@@ -401,8 +401,12 @@ def _grantable_groups(organization: Organization) -> QuerySet[Group]:
 
 def _access_form(organization: Organization, model: LanguageModel, change: str, data: Any = None) -> ModelAccessForm:
     """The grant form (any group with members here) or a revoke button's form (the groups granted)."""
-    groups = _granted_groups(model) if change == "revoke" else _grantable_groups(organization)
-    return ModelAccessForm(data, organization=organization, groups=groups, prefix=change)
+    if change != "revoke":
+        return ModelAccessForm(data, organization=organization, groups=_grantable_groups(organization), prefix=change)
+    holders = get_user_model().objects.filter(username__in=model_access_grants(model=model)["users"])
+    return ModelAccessForm(
+        data, organization=organization, groups=_granted_groups(model), grant_holders=holders, prefix=change
+    )
 
 
 def _grant_rows(organization: Organization, model: LanguageModel) -> dict[str, list[Any]]:

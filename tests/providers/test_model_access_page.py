@@ -366,3 +366,30 @@ def test_the_page_costs_the_same_queries_whatever_the_number_of_grants(org, owne
         grant_one_more(number)
 
     assert queries() == with_one
+
+
+def test_a_grant_kept_by_someone_who_left_the_organization_can_still_be_revoked(org, owner, agents_user, model) -> None:
+    client = _client(owner)
+    _set_access(client, model, "restricted")
+    _grant(client, model, user="alice")
+    agents_user.memberships.filter(organization=org).delete()  # alice leaves; her grant stays behind
+    page = _text(client.get(_access_url(model)))
+    assert "not a member" in page and 'name="revoke-user" value="alice"' in page
+
+    response = _revoke(client, model, user="alice")
+
+    assert response.status_code == 302
+    assert model_access_grants(model=model)["users"] == []
+    assert AuditEvent.objects.filter(organization=org, action="model.access_revoked").exists()
+
+
+def test_revoking_someone_without_a_grant_says_so_and_changes_nothing(org, owner, agents_user, model) -> None:
+    client = _client(owner)
+    _set_access(client, model, "restricted")
+    events = AuditEvent.objects.count()
+
+    response = _revoke(client, model, user="alice")
+
+    assert response.status_code == 400
+    assert "&#x27;alice&#x27; holds no grant on this model." in _text(response)
+    assert AuditEvent.objects.count() == events
