@@ -95,40 +95,41 @@ async def direct_run(client, model_identifier: str, expected_chars: int) -> tupl
     return (first - started) * 1000, (ended - started) * 1000
 
 
-async def airlock_run(model, expected_chars: int) -> tuple[float, float]:
-    """(ttft ms, total ms) through stream_turn."""
-    from providers.clients import TextDelta, stream_turn
+async def _timed_events(events, expected_chars: int, label: str) -> tuple[float, float]:
+    """(ttft ms, total ms) of consuming neutral events: the clock starts when the stream is created."""
+    from providers.clients import TextDelta
 
     started = time.perf_counter()
     first = None
     chars = 0
-    async for event in stream_turn(model=model, system=SYSTEM, messages=PROMPT, tools=[]):
+    async for event in events():
         if isinstance(event, TextDelta):
             if first is None:
                 first = time.perf_counter()
             chars += len(event.text)
     ended = time.perf_counter()
-    assert chars == expected_chars, f"airlock run got {chars} characters"
+    assert chars == expected_chars, f"{label} run got {chars} characters"
     return (first - started) * 1000, (ended - started) * 1000
+
+
+async def airlock_run(model, expected_chars: int) -> tuple[float, float]:
+    """(ttft ms, total ms) through stream_turn."""
+    from providers.clients import stream_turn
+
+    def events():
+        return stream_turn(model=model, system=SYSTEM, messages=PROMPT, tools=[])
+
+    return await _timed_events(events, expected_chars, "airlock")
 
 
 async def adapter_run(model, expected_chars: int) -> tuple[float, float]:
     """(ttft ms, total ms) through the OpenAI-protocol adapter alone, without stream_turn's retry layer."""
-    from providers.clients import TextDelta
     from providers.clients.openai_compatible import stream
 
-    started = time.perf_counter()
-    first = None
-    chars = 0
-    events = stream(provider=model.provider, model=model, system=SYSTEM, messages=PROMPT, tools=[], correlation={})
-    async for event in events:
-        if isinstance(event, TextDelta):
-            if first is None:
-                first = time.perf_counter()
-            chars += len(event.text)
-    ended = time.perf_counter()
-    assert chars == expected_chars, f"adapter run got {chars} characters"
-    return (first - started) * 1000, (ended - started) * 1000
+    def events():
+        return stream(provider=model.provider, model=model, system=SYSTEM, messages=PROMPT, tools=[], correlation={})
+
+    return await _timed_events(events, expected_chars, "adapter")
 
 
 async def measure(

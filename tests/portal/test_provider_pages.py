@@ -18,27 +18,13 @@ from providers.services import model_create, provider_create
 from providers.simulator import ModelSimulator
 from tests.factories import LanguageModelFactory, ProviderFactory
 from tests.livesrv import free_port
+from tests.pages import field_block as _field_block
+from tests.pages import logged_in_client as _client
+from tests.pages import page_text as _text
 
 KEY = "sk-page-SECRET-0042-wxyz"
 PROVIDERS = "/orgs/acme/settings/providers/"
 MODELS = "/orgs/acme/settings/models/"
-
-
-def _client(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
-
-
-def _text(response) -> str:
-    return response.content.decode()
-
-
-def _field_block(html: str, field_id: str) -> str:
-    """The HTML of one form field's block (label, input, errors, help), to assert an error sits next to it."""
-    start = html.index(f'for="{field_id}"')
-    end = html.find('<div class="field', start)
-    return html[start : end if end != -1 else len(html)]
 
 
 def _add_provider(client: Client, **overrides: str):

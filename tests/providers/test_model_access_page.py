@@ -16,25 +16,11 @@ from providers.models import LanguageModel
 from providers.selectors import model_access_grants, models_for_user
 from providers.services import model_create, model_grant_access, provider_create
 from tests.factories import UserFactory, make_member
+from tests.pages import field_block as _field_block
+from tests.pages import logged_in_client as _client
+from tests.pages import page_text as _text
 
 MODELS = "/orgs/acme/settings/models/"
-
-
-def _client(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
-
-
-def _text(response) -> str:
-    return response.content.decode()
-
-
-def _field_block(html: str, field_id: str) -> str:
-    """The HTML of one form field's block (label, input, errors, help), to assert an error sits next to it."""
-    start = html.index(f'for="{field_id}"')
-    end = html.find('<div class="field', start)
-    return html[start : end if end != -1 else len(html)]
 
 
 def _checked_access(html: str) -> str:
