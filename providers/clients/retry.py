@@ -84,6 +84,7 @@ class _Call:
         self.provider_name = ""
         self.model: LanguageModel | None = None
         self.fell_back_from = ""
+        self._explained: list[ModelCallError] = []
 
     def saw(self, event: StreamEvent) -> None:
         """Note that an event reached the caller."""
@@ -105,9 +106,11 @@ class _Call:
 
     def failed(self, error: ModelCallError) -> ModelCallError:
         """The error to raise: once events reached the caller, with the attempts made and the no-retry note."""
-        if not self.yielded:
-            return error  # the retry layer decides
-        return _with_attempts(error, self.attempts, error.message + NOT_RETRIED_NOTE)
+        if not self.yielded or error in self._explained:
+            return error  # the retry layer decides, or this error was explained already
+        explained = _with_attempts(error, self.attempts, error.message + NOT_RETRIED_NOTE)
+        self._explained.append(explained)
+        return explained
 
 
 def _with_attempts(exc: ModelCallError, attempts: int, message: str | None = None) -> ModelCallError:

@@ -161,8 +161,19 @@ async def test_a_connection_dropped_after_text_was_shown_is_not_replayed(model, 
 
     assert shown, "part of the answer reached the caller"
     assert "dropped in the middle of the answer" in str(error.value)
-    assert "did not retry it automatically" in str(error.value)
+    assert str(error.value).count("did not retry it automatically") == 1
     assert error.value.attempts == 1 and len(simulator.requests) == 1
+
+
+async def test_a_drop_after_a_retried_start_counts_every_attempt(model, simulator):
+    simulator.enqueue({"error": {"status": 500}}, {"text": "the first part of a long answer", "drop_after_chunks": 5})
+
+    with pytest.raises(ModelCallError) as error:
+        async for _event in stream_turn(model=model, system="", messages=PROMPT, tools=[]):
+            pass
+
+    assert error.value.attempts == 2 and len(simulator.requests) == 2
+    assert str(error.value).count("did not retry it automatically") == 1
 
 
 async def test_a_connection_dropped_before_any_text_is_retried(model, simulator):
