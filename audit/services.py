@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
+import weakref
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -187,9 +188,17 @@ def _insert_pending_postgresql(connection: Any, fields: dict[str, Any]) -> int:
     values[_DATA_INDEX] = json.dumps(values[_DATA_INDEX], ensure_ascii=False)
     connection.ensure_connection()
     connection.validate_no_broken_transaction()
-    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+    raw = connection.connection
+    cursor = _pending_cursors.get(connection)
+    if cursor is None or cursor.connection is not raw or cursor.closed:
+        cursor = _pending_cursors[connection] = psycopg.Cursor(raw)  # one per connection, as Django keeps it
+    with connection.wrap_database_errors:
         cursor.execute(sql, values, prepare=False)
         return cursor.fetchone()[0]
+
+
+# The driver cursor of each Django connection (connections are per thread; a reconnect replaces the cursor).
+_pending_cursors: weakref.WeakKeyDictionary[Any, psycopg.Cursor] = weakref.WeakKeyDictionary()
 
 
 _DATA_INDEX = _PENDING_ATTNAMES.index("data")

@@ -1,7 +1,7 @@
 """Benchmark: hash-chained `audit.record()` events per second with 8 concurrent writers, against plain INSERTs.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/airlock .venv/bin/python bench/audit_ingest.py \
-        [--events N] [--chaining immediate|batched|both] [--chainer process|thread]
+        [--events N] [--repeat N] [--chaining immediate|batched|both] [--chainer process|thread]
 
 Runs in a database of its own (`airlock_bench`, or AIRLOCK_BENCH_DB), created and migrated by the script; its
 audit tables are emptied at the start. Each run has 8 writer processes (fresh connections, no GIL):
@@ -19,7 +19,9 @@ recorded AND chained per second. Where the chainer runs (`--chainer`, AUDIT_CHAI
 - `thread`: a chainer thread in each writer process (the writers wait for theirs, then the script drains
   whatever is left).
 
-Targets (issue 4): at least 5,000 events/s per organization, and at least half the plain-INSERT rate.
+Targets (issue 4): at least 5,000 events/s per organization, and at least half the plain-INSERT rate. Every
+run is repeated (`--repeat`, 3) and the medians are reported, ratios taken within each repetition: single
+runs on this machine spread by 20% or more.
 `--profile` adds a cProfile of record() in one process (where the time goes per event).
 """
 
@@ -31,6 +33,7 @@ import io
 import multiprocessing
 import os
 import pstats
+import statistics
 import subprocess
 import sys
 import time
@@ -294,6 +297,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1000, help="events per writer (default 1000)")
     parser.add_argument("--profile", action="store_true", help="also profile record() in one process")
     parser.add_argument(
+        "--repeat", type=int, default=3, help="repetitions of every run; medians are reported (default 3)"
+    )
+    parser.add_argument(
         "--chaining",
         choices=["immediate", "batched", "both"],
         default="both",
@@ -329,31 +335,43 @@ def measure(args: argparse.Namespace, settings: Any) -> None:
         (f"record() {mode}, {n} org{'s' if n > 1 else ''}", record_worker, n, mode) for mode in modes for n in (1, 8)
     ]
     runs += [("plain INSERT, 1 org", plain_worker, 1, None), ("plain INSERT, 8 orgs", plain_worker, WRITERS, None)]
-    results = {}
-    for label, worker, orgs, mode in runs:
-        if mode is not None:
-            settings.AUDIT_CHAINING = mode  # inherited by the forked writers
-        org_ids = reset(WRITERS)[:orgs]
-        rate, wall = run(worker, org_ids, per_writer)
-        if worker is record_worker:
-            check_chains(org_ids, WRITERS * per_writer // orgs)
-        results[label] = rate
-        per_org = rate / orgs
-        print(
-            f"{label:30s} {WRITERS} writers x {per_writer} events: {rate:8,.0f} events/s total, "
-            f"{per_org:8,.0f} per organization ({wall:.2f} s)",
-            flush=True,
-        )
+    samples: dict[str, list[float]] = {label: [] for label, *_ in runs}
+    ratios: dict[tuple[str, int], list[float]] = {}
+    for repetition in range(args.repeat):
+        rates = {}
+        for label, worker, orgs, mode in runs:
+            if mode is not None:
+                settings.AUDIT_CHAINING = mode  # inherited by the forked writers
+            org_ids = reset(WRITERS)[:orgs]
+            rate, wall = run(worker, org_ids, per_writer)
+            if worker is record_worker:
+                check_chains(org_ids, WRITERS * per_writer // orgs)
+            rates[label] = rate
+            samples[label].append(rate)
+            print(
+                f"[{repetition + 1}/{args.repeat}] {label:28s} {WRITERS} writers x {per_writer} events: "
+                f"{rate:8,.0f} events/s total, {rate / orgs:8,.0f} per organization ({wall:.2f} s)",
+                flush=True,
+            )
+        for mode in modes:  # ratios within one repetition: both rates saw the same machine
+            for orgs, suffix in ((1, "1 org"), (WRITERS, "8 orgs")):
+                plain = rates[f"plain INSERT, {suffix}"]
+                ratios.setdefault((mode, orgs), []).append(rates[f"record() {mode}, {suffix}"] / plain)
 
-    plain_one, plain_many = results["plain INSERT, 1 org"], results["plain INSERT, 8 orgs"]
     for mode in modes:
-        one, many = results[f"record() {mode}, 1 org"], results[f"record() {mode}, 8 orgs"]
+        one = statistics.median(samples[f"record() {mode}, 1 org"])
+        many = statistics.median(samples[f"record() {mode}, 8 orgs"])
+        ratio_one, ratio_many = statistics.median(ratios[(mode, 1)]), statistics.median(ratios[(mode, WRITERS)])
+        spread_one = ", ".join(f"{r:.2f}" for r in ratios[(mode, 1)])
+        spread_many = ", ".join(f"{r:.2f}" for r in ratios[(mode, WRITERS)])
         print()
-        print(f"{mode}: ratio record()/plain INSERT, 1 org:  {one / plain_one:.2f} (target >= {TARGET_RATIO})")
-        print(f"{mode}: ratio record()/plain INSERT, 8 orgs: {many / plain_many:.2f} (target >= {TARGET_RATIO})")
+        print(f"{mode}: medians of {args.repeat} repetitions")
+        target = f"target >= {TARGET_RATIO}"
+        print(f"{mode}: ratio record()/plain INSERT, 1 org:  {ratio_one:.2f} ({spread_one}; {target})")
+        print(f"{mode}: ratio record()/plain INSERT, 8 orgs: {ratio_many:.2f} ({spread_many}; {target})")
         print(f"{mode}: per organization, 1 org:  {one:,.0f} events/s (target >= {TARGET_PER_ORG:,.0f})")
         print(f"{mode}: per organization, 8 orgs: {many / WRITERS:,.0f} events/s (target >= {TARGET_PER_ORG:,.0f})")
-        met = one >= TARGET_PER_ORG and one / plain_one >= TARGET_RATIO and many / plain_many >= TARGET_RATIO
+        met = one >= TARGET_PER_ORG and ratio_one >= TARGET_RATIO and ratio_many >= TARGET_RATIO
         print(f"{mode}: targets met" if met else f"{mode}: targets NOT met")
     print(f"(batched chainer: {args.chainer}; load average {os.getloadavg()[0]:.1f}: a shared machine lowers both")
     print(" rates, record() more)")
