@@ -319,11 +319,13 @@ class AuditedSocialAccountAdapter(DefaultSocialAccountAdapter):
         )
         app = getattr(provider, "app", None)
         secret = str(getattr(app, "secret", "") or "")
+        # Only a callback carrying a state this session issued (allauth unstashes it once) belongs to the
+        # signed-in user: anyone can send a browser to the callback URL with an error of their choosing.
         state = (extra_context or {}).get("state") or {}
         user = getattr(request, "user", None)
         with _request_context(request):
             auth_sso_failed_record(
-                user=user if getattr(user, "is_authenticated", False) else None,
+                user=user if state and getattr(user, "is_authenticated", False) else None,
                 provider=str(getattr(app, "provider_id", "") or getattr(provider, "id", "")),
                 provider_name=str(getattr(provider, "name", "") or ""),
                 process=str(state.get("process") or "login"),

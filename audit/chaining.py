@@ -40,7 +40,7 @@ import time
 from typing import Any
 
 from django.conf import settings
-from django.db import connections, router, transaction
+from django.db import DatabaseError, connections, router, transaction
 
 from audit.chain import HASHED_FIELDS, chain_hash, event_document
 from audit.forwarding import schedule_forwarding
@@ -260,8 +260,14 @@ def chain_every_organization(*, limit: int = BATCH_LIMIT) -> int:
         return chain_all_pending()
     total = 0
     while True:
-        with transaction.atomic(using=alias):
-            chained, organization_ids = _chain_many_postgresql(connections[alias], limit)
+        try:
+            with transaction.atomic(using=alias):
+                chained, organization_ids = _chain_many_postgresql(connections[alias], limit)
+        except DatabaseError:
+            # One organization's failure must not hold back the others: chain them one by one this round,
+            # where a failure stays with its organization (and is logged).
+            logger.exception("could not chain the pending audit events of all organizations at once")
+            return total + chain_all_pending()
         for organization_id in organization_ids:
             schedule_forwarding(organization_id)
         total += chained

@@ -186,6 +186,7 @@ def _insert_pending_postgresql(connection: Any, fields: dict[str, Any]) -> int:
         )
     values = [fields[name] for name in _PENDING_ATTNAMES]
     values[_DATA_INDEX] = json.dumps(values[_DATA_INDEX], ensure_ascii=False)
+    connection.close_if_health_check_failed()
     connection.ensure_connection()
     connection.validate_no_broken_transaction()
     raw = connection.connection

@@ -6,24 +6,31 @@ and batched chaining. With `EMBEDDED_SCHEDULER` on (the default when `AGENT_RUNN
 application starts one daemon thread that runs every task of `CELERY_BEAT_SCHEDULE` in-process: once shortly
 after start-up (so a SIEM backlog left by the last run, or pending events, are taken up at once, and a restart
 never postpones the daily checkpoint by another day), then every `schedule` seconds. A failing task is logged
-and tried again at its next turn; it never stops the others. Deployments with a broker run `celery beat`
+and tried again at its next turn; it never stops the others, and the forwarding sweep only wakes the delivery
+threads, so a slow SIEM does not hold the thread. On PostgreSQL several web processes may each run the thread:
+an advisory lock per job lets one of them run it at a time. Deployments with a broker run `celery beat`
 instead, and the thread is not started.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import heapq
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 
 logger = logging.getLogger(__name__)
 
 STARTUP_DELAY_SECONDS = 2.0
+# First half of the advisory lock keys of scheduled jobs ("SCHD"), apart from other advisory locks.
+_LOCK_NAMESPACE = 0x53434844
 
 _started = threading.Event()
 
@@ -36,20 +43,56 @@ def _task(name: str) -> Callable[[], object]:
     return app.tasks[name]
 
 
+def _interval(schedule: object) -> float | None:
+    """An entry's interval in seconds (a number or a timedelta); None for what only Celery beat understands."""
+    if isinstance(schedule, dt.timedelta):
+        return schedule.total_seconds()
+    if isinstance(schedule, int | float) and schedule > 0:
+        return float(schedule)
+    return None
+
+
 def due_order(schedule: Mapping[str, Mapping[str, object]], now: float) -> list[tuple[float, str, float]]:
-    """A heap of (next run, entry name, interval) for every entry: each runs first at start-up, in name order."""
-    heap = [
-        (now + STARTUP_DELAY_SECONDS, name, float(entry["schedule"]))  # type: ignore[arg-type]
-        for name, entry in sorted(schedule.items())
-    ]
+    """A heap of (next run, entry name, interval) for every entry: each runs first at start-up, in name order.
+
+    An entry whose schedule is not an interval (a crontab) is left to Celery beat, with a warning.
+    """
+    heap = []
+    for name, entry in sorted(schedule.items()):
+        interval = _interval(entry.get("schedule"))
+        if interval is None:
+            logger.warning("embedded scheduler: %s has a schedule it cannot run (%r); skipped", name, entry["schedule"])
+            continue
+        heap.append((now + STARTUP_DELAY_SECONDS, name, interval))
     heapq.heapify(heap)
     return heap
 
 
-def run_entry(name: str, task_name: str) -> bool:
-    """Run one schedule entry's task now; False (logged) when it failed."""
+@contextmanager
+def _exclusive(name: str) -> Iterator[bool]:
+    """Whether this process may run the entry now: on PostgreSQL, one process at a time (an advisory lock), so
+    several web processes of one deployment do not each run every job; elsewhere always."""
+    if connection.vendor != "postgresql":
+        yield True
+        return
+    key = (_LOCK_NAMESPACE << 32) | zlib.crc32(name.encode())
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
+        acquired = bool(cursor.fetchone()[0])
     try:
-        _task(task_name)()
+        yield acquired
+    finally:
+        if acquired:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
+
+
+def run_entry(name: str, task_name: str) -> bool:
+    """Run one schedule entry's task now, unless another process is running it; False (logged) when it failed."""
+    try:
+        with _exclusive(name) as acquired:
+            if acquired:
+                _task(task_name)()
         return True
     except Exception:
         logger.exception("embedded scheduler: %s (%s) failed; it runs again at its next turn", name, task_name)

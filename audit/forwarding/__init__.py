@@ -81,6 +81,22 @@ def schedule_forwarding(organization_id: int) -> None:
         logger.exception("could not schedule audit forwarding for organization %s", organization_id)
 
 
+def wake_due_inline() -> int:
+    """The sweep without a broker: wake this process's delivery thread of each organization with a due destination.
+
+    The threads deliver (one per organization, each destination under its own lock), so a slow SIEM never holds
+    up the caller. Returns how many organizations were woken.
+    """
+    from audit.forwarding.delivery import due_destination_ids
+    from audit.models import AuditDestination
+
+    due = due_destination_ids()
+    organization_ids = set(AuditDestination.objects.filter(pk__in=due).values_list("organization_id", flat=True))
+    for organization_id in organization_ids:
+        _wake_inline(organization_id)
+    return len(organization_ids)
+
+
 def _wake_celery(organization_id: int, targets: tuple[tuple[str, float | None], ...], now: float) -> None:
     debounce = _setting("AUDIT_FORWARDING_DEBOUNCE_SECONDS", 0.5)
     with _guard:

@@ -31,13 +31,13 @@ def forward_all_due() -> None:
     """The sweep: deliver every enabled destination that has lag and is not backing off.
 
     With a broker, one `audit.forward_destination` task each; without one (the embedded scheduler runs this),
-    delivered here, one destination after the other.
+    this process's delivery threads are woken for the organizations concerned.
     """
-    from audit.forwarding import forwarding_runner
-    from audit.forwarding.delivery import deliver_all_due, due_destination_ids
+    from audit.forwarding import forwarding_runner, wake_due_inline
+    from audit.forwarding.delivery import due_destination_ids
 
     if forwarding_runner() != "celery":
-        deliver_all_due()
+        wake_due_inline()
         return
 
     for destination_id in due_destination_ids():

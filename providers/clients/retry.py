@@ -164,7 +164,11 @@ class TurnStream:
         hooks = self._hooks
         while True:
             if self._events is None:
-                await self._open_with_retries()
+                try:
+                    await self._open_with_retries()
+                except BaseException:
+                    self._next = self._exhausted
+                    raise
             assert self._events is not None
             try:
                 event = await self._events.__anext__()
@@ -175,10 +179,16 @@ class TurnStream:
             except ModelCallError as exc:
                 await self.aclose()
                 if hooks.yielded:
+                    self._next = self._exhausted
                     raise hooks.failed(exc) from None
-                await self._after_failure(exc)
+                try:
+                    await self._after_failure(exc)
+                except BaseException:
+                    self._next = self._exhausted  # the call is over: iterating again sends nothing more
+                    raise
                 continue
             except BaseException:
+                self._next = self._exhausted
                 await self.aclose()
                 raise
             hooks.saw(event)

@@ -304,3 +304,22 @@ def test_one_round_chains_every_organization_but_leaves_a_locked_one_to_its_chai
     assert actions(other_org) == [(1, "prompt.submitted")]
     assert not AuditPendingEvent.objects.exists()
     assert verify_chain(organization=org).ok and verify_chain(organization=other_org).ok
+
+
+@pytest.mark.postgres
+def test_when_the_all_organizations_batch_fails_each_organization_is_chained_on_its_own(
+    org, other_org, settings, monkeypatch
+):
+    from django.db import DatabaseError
+
+    settings.AUDIT_CHAINER = "process"
+    for organization in (org, other_org):
+        record(action="prompt.submitted", actor=SystemActor(), organization=organization)
+
+    def broken(connection, limit):
+        raise DatabaseError("one organization's head is inconsistent")
+
+    monkeypatch.setattr(chaining, "_chain_many_postgresql", broken)
+
+    assert chaining.chain_every_organization() == 2
+    assert actions(org) == [(1, "prompt.submitted")] and actions(other_org) == [(1, "prompt.submitted")]

@@ -234,3 +234,19 @@ def test_sign_in_page_offers_no_sso_when_none_is_configured(db, settings):
 
     assert "Sign in with" not in page
     assert 'name="password"' in page
+
+
+def test_a_forged_callback_without_this_sessions_state_writes_nothing_into_the_signed_in_users_log(
+    org, agents_user, sso, caplog
+):
+    client = Client()
+    client.post("/accounts/login/", {"login": "alice", "password": "pw-alice"}, **ORIGIN)
+    events = AuditEvent.objects.filter(organization=org).count()
+
+    with caplog.at_level(logging.WARNING):
+        callback = f"/accounts/oidc/{sso.provider_id}/login/callback/?error=ATTACKER_CHOSEN&state=forged"
+        client.get(callback, **ORIGIN)
+
+    assert not AuditEvent.objects.filter(action="auth.sso_failed").exists()
+    assert AuditEvent.objects.filter(organization=org).count() == events
+    assert "not audited" in caplog.text

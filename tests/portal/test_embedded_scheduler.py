@@ -6,9 +6,11 @@ with no new event to wake it, and the start-up writes the signed checkpoint the 
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import audit.forwarding as forwarding
 from audit import record
 from audit.forwarding.services import destination_create
 from audit.models import AuditCheckpoint, AuditDestination, AuditEvent
+from portal import scheduler
 from portal.scheduler import due_order
 from tests.fakes.siem import HttpReceiver, wait_for
 from tests.livesrv import ROOT, _database_url, _wait_for_http, free_port
@@ -65,8 +68,30 @@ def received_ids(receiver: HttpReceiver) -> list[str]:
 
 
 def test_every_beat_entry_runs_first_at_start_up_then_at_its_interval() -> None:
-    heap = due_order({"b": {"task": "x", "schedule": 5.0}, "a": {"task": "y", "schedule": 86400}}, now=100.0)
+    schedule = {
+        "b": {"task": "x", "schedule": 5.0},
+        "a": {"task": "y", "schedule": dt.timedelta(days=1)},
+        "c": {"task": "z", "schedule": "0 3 * * *"},  # a crontab is beat's business: skipped, not a crash
+    }
+    heap = due_order(schedule, now=100.0)
     assert sorted(heap) == [(102.0, "a", 86400.0), (102.0, "b", 5.0)]
+
+
+@pytest.mark.postgres
+def test_a_job_another_process_is_running_is_skipped_here(transactional_db: None, monkeypatch) -> None:
+    import psycopg
+
+    ran: list[str] = []
+    monkeypatch.setattr(scheduler, "_task", lambda name: lambda: ran.append(name))
+    key = (scheduler._LOCK_NAMESPACE << 32) | zlib.crc32(b"audit-write-checkpoints")
+    with psycopg.connect(_database_url().replace("postgres://", "postgresql://", 1), autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", [key])  # another web process is writing checkpoints
+
+        assert scheduler.run_entry("audit-write-checkpoints", "audit.write_checkpoints")
+        assert ran == []
+
+    assert scheduler.run_entry("audit-write-checkpoints", "audit.write_checkpoints")
+    assert ran == ["audit.write_checkpoints"]
 
 
 @pytest.mark.timeout(90)

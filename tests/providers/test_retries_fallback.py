@@ -111,6 +111,18 @@ async def test_500_on_every_attempt_gives_up_after_the_retry_budget(model, simul
     assert "GPU on fire" in str(error) and "(gave up after 3 attempts)" in str(error)
 
 
+async def test_a_call_that_gave_up_sends_nothing_more_when_iterated_again(model, simulator):
+    simulator.enqueue({"error": {"status": 400, "message": "bad tool schema"}}, {"text": "never"})
+    events = stream_turn(model=model, system="", messages=PROMPT, tools=[])
+
+    with pytest.raises(ModelCallError):
+        await events.__anext__()
+    with pytest.raises(StopAsyncIteration):
+        await events.__anext__()
+
+    assert len(simulator.requests) == 1
+
+
 async def test_a_rejected_request_is_not_retried(model, simulator):
     simulator.enqueue({"error": {"status": 400, "message": "bad tool schema"}}, {"text": "never"})
 
