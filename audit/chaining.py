@@ -36,7 +36,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from typing import Any
 
 from django.conf import settings
@@ -45,6 +44,7 @@ from django.db import DatabaseError, connections, router, transaction
 from audit.chain import HASHED_FIELDS, chain_hash, event_document
 from audit.forwarding import schedule_forwarding
 from audit.models import AuditChainHead, AuditEvent, AuditPendingEvent
+from portal.background import CoalescingWorkers
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +55,6 @@ _LOCK_NAMESPACE = 0x41554454
 _INSERT_BATCH = 1000
 # Events chained per transaction by the in-process chainer.
 BATCH_LIMIT = 5000
-
-_guard = threading.Lock()
-_chainers: dict[int, _Chainer] = {}
 
 
 def _debounce() -> float:
@@ -321,32 +318,16 @@ def _chain_many_postgresql(connection: Any, limit: int) -> tuple[int, list[int]]
 # In-process wake-ups --------------------------------------------------------------------------------------------
 
 
-class _Chainer(threading.Thread):
-    """Chains one organization's pending events until no wake-up arrived during the last round."""
+def _chain_round(organization_id: int) -> bool:
+    """One round of a chainer thread; True (run again after the debounce) when another chainer held the lock.
 
-    def __init__(self, organization_id: int) -> None:
-        super().__init__(daemon=True, name=f"audit-chainer-{organization_id}")
-        self.organization_id = organization_id
-        self.dirty = True
+    That chainer may have read its batch before our rows committed, so a wake-up is not lost.
+    """
+    return _chain(organization_id, limit=BATCH_LIMIT, wait=False) is None
 
-    def run(self) -> None:
-        try:
-            while True:
-                with _guard:
-                    if not self.dirty:
-                        _chainers.pop(self.organization_id, None)
-                        return
-                    self.dirty = False
-                time.sleep(_debounce())  # let a burst gather: one commit chains all of it
-                if _chain(self.organization_id, limit=BATCH_LIMIT, wait=False) is None:
-                    with _guard:
-                        self.dirty = True  # another process's chainer is at work: try again after the debounce
-        except Exception:  # the rows stay pending: the next wake-up or the sweep chains them
-            logger.exception("audit chainer for organization %s crashed", self.organization_id)
-            with _guard:
-                _chainers.pop(self.organization_id, None)
-        finally:
-            connections.close_all()
+
+# Errors of a round are logged and leave the rows pending: the next wake-up or the sweep chains them.
+_chainers = CoalescingWorkers("audit-chainer", _chain_round, _debounce)
 
 
 def chainer_kind() -> str:
@@ -362,14 +343,7 @@ def wake_chainer(organization_id: int) -> None:
     if chainer_kind() == "process":
         return
     try:
-        with _guard:
-            chainer = _chainers.get(organization_id)
-            if chainer is not None:
-                chainer.dirty = True
-                return
-            chainer = _Chainer(organization_id)
-            _chainers[organization_id] = chainer
-        chainer.start()
+        _chainers.wake(organization_id)
     except Exception:  # the event is committed; the sweep chains it
         logger.exception("could not wake the audit chainer for organization %s", organization_id)
 
@@ -400,13 +374,9 @@ def run_chainer(*, stop: threading.Event, idle_seconds: float | None = None) -> 
 
 def wait_until_chained(timeout: float = 10.0) -> bool:
     """Wait for this process's chainer threads to finish (tests, benchmarks, shutdown); False on timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with _guard:
-            chainers = list(_chainers.values())
-        if not chainers:
-            return True
-        for chainer in chainers:
-            chainer.join(max(deadline - time.monotonic(), 0.0))
-    with _guard:
-        return not _chainers
+    return _chainers.wait_until_idle(timeout)
+
+
+def chainer_threads_running() -> bool:
+    """Whether a chainer thread of this process is alive."""
+    return _chainers.running()

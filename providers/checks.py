@@ -47,6 +47,7 @@ from audit.models import Outcome
 from audit.secrets import mask_secrets_in_text
 from audit.services import Actor
 from portal.crypto import decrypt_secret
+from providers.clients.base import provider_headers
 from providers.models import LanguageModel, Provider, ProviderKind
 from providers.services import require_actor_permission
 
@@ -343,7 +344,7 @@ def _openai_like(provider: Provider, key: str, model: LanguageModel | None, scru
         "api_key": key or NO_KEY,
         "max_retries": 0,
         "timeout": API_TIMEOUT_SECONDS,
-        "default_headers": dict(provider.extra_headers or {}),
+        "default_headers": provider_headers(provider),
     }
     if provider.kind == ProviderKind.AZURE_OPENAI:
         if not provider.api_version:
@@ -407,7 +408,7 @@ def _anthropic(provider: Provider, key: str, model: LanguageModel | None, scrub:
         base_url=provider.base_url or None,
         max_retries=0,
         timeout=API_TIMEOUT_SECONDS,
-        default_headers=dict(provider.extra_headers or {}),
+        default_headers=provider_headers(provider),
     )
 
     def api() -> str:
@@ -440,7 +441,7 @@ def _google(provider: Provider, key: str, model: LanguageModel | None, scrub: _S
         base_url=provider.base_url or None,
         api_version=provider.api_version or None,
         timeout=int(API_TIMEOUT_SECONDS * 1000),
-        headers=dict(provider.extra_headers or {}) or None,
+        headers=provider_headers(provider) or None,
     )
     # vertexai=False: the google kind is the Gemini API, whatever GOOGLE_GENAI_USE_VERTEXAI says on the server.
     client = genai.Client(vertexai=False, api_key=key, http_options=options)
@@ -544,7 +545,7 @@ def _bedrock(provider: Provider, key: str, model: LanguageModel | None, scrub: _
     if not provider.use_ambient_credentials:
         credentials = {"aws_access_key_id": provider.aws_access_key_id, "aws_secret_access_key": key}
     session = boto3.session.Session(region_name=provider.region, **credentials)
-    headers = {str(name): str(value) for name, value in (provider.extra_headers or {}).items() if value is not None}
+    headers = provider_headers(provider)
     how = "the server's ambient AWS credentials (IAM role)" if provider.use_ambient_credentials else "the stored key"
     outcome: dict[str, Exception | None] = {}
 

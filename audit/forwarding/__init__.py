@@ -25,13 +25,14 @@ import time
 
 from django.conf import settings
 
+from portal.background import CoalescingWorkers
+
 logger = logging.getLogger(__name__)
 
 _guard = threading.Lock()
 # organization id -> (monotonic expiry, ((destination id, next attempt as a POSIX time or None), ...))
 _targets: dict[int, tuple[float, tuple[tuple[str, float | None], ...]]] = {}
 _celery_pending_until: dict[int, float] = {}
-_inline_workers: dict[int, _InlineWorker] = {}
 _retry_timers: dict[int, threading.Timer] = {}
 
 
@@ -112,59 +113,30 @@ def _wake_celery(organization_id: int, targets: tuple[tuple[str, float | None], 
         forward_destination.apply_async(args=[destination_id], countdown=debounce, retry=False)
 
 
-class _InlineWorker(threading.Thread):
-    """Delivers one organization's due destinations until no wake-up arrived during the last round."""
+def _deliver_round(organization_id: int) -> bool:
+    """One round of an organization's delivery thread; after a failure, a timer wakes it when the backoff ends."""
+    from audit.forwarding.delivery import deliver_destination, due_destination_ids
+    from audit.models import AuditDestination
 
-    def __init__(self, organization_id: int) -> None:
-        super().__init__(daemon=True, name=f"audit-forwarding-{organization_id}")
-        self.organization_id = organization_id
-        self.dirty = True
+    retry_at: dt.datetime | None = None
+    for destination_id in due_destination_ids(organization_id):
+        result = deliver_destination(destination_id)
+        if result.error:
+            at = AuditDestination.objects.filter(pk=destination_id).values_list("next_attempt_at", flat=True).first()
+            if at is not None and (retry_at is None or at < retry_at):
+                retry_at = at
+    if retry_at is not None:
+        _arm_retry(organization_id, max((retry_at - dt.datetime.now(dt.UTC)).total_seconds(), 0.0))
+    return False
 
-    def run(self) -> None:
-        from django.db import connections
 
-        try:
-            while True:
-                with _guard:
-                    if not self.dirty:
-                        _inline_workers.pop(self.organization_id, None)
-                        return
-                    self.dirty = False
-                time.sleep(_setting("AUDIT_FORWARDING_DEBOUNCE_SECONDS", 0.5))  # let a burst gather
-                self._round()
-        except Exception:
-            logger.exception("audit forwarding worker for organization %s crashed", self.organization_id)
-            with _guard:
-                _inline_workers.pop(self.organization_id, None)
-        finally:
-            connections.close_all()
-
-    def _round(self) -> None:
-        from audit.forwarding.delivery import deliver_destination, due_destination_ids
-        from audit.models import AuditDestination
-
-        retry_at: dt.datetime | None = None
-        for destination_id in due_destination_ids(self.organization_id):
-            result = deliver_destination(destination_id)
-            if result.error:
-                at = (
-                    AuditDestination.objects.filter(pk=destination_id).values_list("next_attempt_at", flat=True).first()
-                )
-                if at is not None and (retry_at is None or at < retry_at):
-                    retry_at = at
-        if retry_at is not None:
-            _arm_retry(self.organization_id, max((retry_at - dt.datetime.now(dt.UTC)).total_seconds(), 0.0))
+_inline_workers = CoalescingWorkers(
+    "audit-forwarding", _deliver_round, lambda: _setting("AUDIT_FORWARDING_DEBOUNCE_SECONDS", 0.5)
+)
 
 
 def _wake_inline(organization_id: int) -> None:
-    with _guard:
-        worker = _inline_workers.get(organization_id)
-        if worker is not None:
-            worker.dirty = True
-            return
-        worker = _InlineWorker(organization_id)
-        _inline_workers[organization_id] = worker
-    worker.start()
+    _inline_workers.wake(organization_id)
 
 
 def _arm_retry(organization_id: int, delay: float) -> None:
@@ -187,16 +159,7 @@ def _retry_fired(organization_id: int) -> None:
 
 def wait_until_idle(timeout: float = 10.0) -> bool:
     """Wait for this process's inline delivery threads to finish (tests, shutdown); False on timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with _guard:
-            workers = list(_inline_workers.values())
-        if not workers:
-            return True
-        for worker in workers:
-            worker.join(max(deadline - time.monotonic(), 0.0))
-    with _guard:
-        return not _inline_workers
+    return _inline_workers.wait_until_idle(timeout)
 
 
 def cancel_retries() -> None:

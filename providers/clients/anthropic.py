@@ -33,6 +33,7 @@ from providers.clients.base import (
     Usage,
     failed_mid_stream,
     reasoning_blocks,
+    request_headers,
     summary_events,
     tool_call_from_fragments,
 )
@@ -42,7 +43,6 @@ from providers.clients.openai_compatible import (
     key_digest,
     pooled_client,
     provider_api_key,
-    request_headers,
     sdk_timeout,
 )
 

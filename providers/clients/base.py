@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import socket
 import ssl
 from collections.abc import Callable
@@ -143,6 +144,37 @@ class ToolSpec:
     name: str
     description: str
     parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+CORRELATION_HEADERS: dict[str, str] = {"session_id": "X-Airlock-Session-Id", "user_id": "X-Airlock-User-Id"}
+HEADER_VALUE_CHARS = 500
+
+
+def provider_headers(provider: Any) -> dict[str, str]:
+    """The provider's extra headers (gateways), names reduced to HTTP token characters, values to one line."""
+    extra = provider.extra_headers if isinstance(provider.extra_headers, dict) else {}
+    headers: dict[str, str] = {}
+    for name, value in extra.items():
+        name = re.sub(r"[^A-Za-z0-9!#$%&'*+.^_`|~-]", "", str(name))
+        if name and value is not None:
+            headers[name] = re.sub(r"[\r\n]", " ", str(value))[:HEADER_VALUE_CHARS]
+    return headers
+
+
+def correlation_headers(correlation: dict[str, str]) -> dict[str, str]:
+    """X-Airlock-* headers that let the provider's or a gateway's logs be joined with the audit trail."""
+    headers = {}
+    for key, value in correlation.items():
+        if value is None or value == "":
+            continue
+        name = CORRELATION_HEADERS.get(key) or "X-Airlock-" + "-".join(p.capitalize() for p in key.split("_") if p)
+        headers[name] = re.sub(r"[\r\n]", " ", str(value))[:200]
+    return headers
+
+
+def request_headers(provider: Any, correlation: dict[str, str]) -> dict[str, str]:
+    """Headers for every model call: the provider's extra headers, then the correlation headers."""
+    return provider_headers(provider) | correlation_headers(correlation)
 
 
 class CallHooks(Protocol):

@@ -48,6 +48,7 @@ from providers.clients.base import (
     endpoint_host,
     failed_mid_stream,
     reasoning_blocks,
+    request_headers,
     summary_events,
     tool_call_from_fragments,
 )
@@ -69,8 +70,6 @@ STOP_REASONS: dict[str, str] = {
     "guardrail_intervened": "content_filter",
     "content_filtered": "content_filter",
 }
-CORRELATION_HEADERS: dict[str, str] = {"session_id": "X-Airlock-Session-Id", "user_id": "X-Airlock-User-Id"}
-
 # Error codes (lower-cased: stream exceptions arrive as "throttlingException") -> HTTP status.
 ERROR_STATUS: dict[str, int] = {
     "validationexception": 400,
@@ -162,17 +161,6 @@ def client_for(
         while len(_clients) > MAX_CLIENTS:
             _clients.popitem(last=False)
     return client
-
-
-def request_headers(provider: Provider, correlation: dict[str, str]) -> dict[str, str]:
-    """The provider's extra headers (gateways) plus X-Airlock-* correlation headers."""
-    headers = {str(k): str(v) for k, v in (provider.extra_headers or {}).items() if v is not None}
-    for key, value in correlation.items():
-        if value is None or value == "":
-            continue
-        name = CORRELATION_HEADERS.get(key) or "X-Airlock-" + "-".join(p.capitalize() for p in key.split("_") if p)
-        headers[name] = re.sub(r"[\r\n]", " ", str(value))[:200]
-    return headers
 
 
 def _arguments(value: Any) -> dict[str, Any]:

@@ -49,6 +49,7 @@ from providers.clients.base import (
     failed_mid_stream,
     http_status_error,
     reasoning_blocks,
+    request_headers,
     summary_events,
 )
 
@@ -78,8 +79,6 @@ FINISH_REASONS: dict[str, str] = {
     "IMAGE_PROHIBITED_CONTENT": "content_filter",
 }
 THINKING_LEVELS = {"minimal": "MINIMAL", "low": "LOW", "medium": "MEDIUM", "high": "HIGH", "xhigh": "XHIGH"}
-
-CORRELATION_HEADERS: dict[str, str] = {"session_id": "X-Airlock-Session-Id", "user_id": "X-Airlock-User-Id"}
 
 TRANSPORT_ERRORS = (genai_errors.APIError, httpx2.HTTPError, httpx2.InvalidURL, OSError)
 
@@ -112,17 +111,6 @@ async def client_for(*, base_url: str, api_key: str, api_version: str = "") -> g
         with contextlib.suppress(Exception):
             await evicted.aio.aclose()
     return client
-
-
-def request_headers(provider: Provider, correlation: dict[str, str]) -> dict[str, str]:
-    """The provider's extra headers (gateways) plus X-Airlock-* correlation headers."""
-    headers = {str(k): str(v) for k, v in (provider.extra_headers or {}).items() if v is not None}
-    for key, value in correlation.items():
-        if value is None or value == "":
-            continue
-        name = CORRELATION_HEADERS.get(key) or "X-Airlock-" + "-".join(p.capitalize() for p in key.split("_") if p)
-        headers[name] = re.sub(r"[\r\n]", " ", str(value))[:200]
-    return headers
 
 
 def _signature_text(signature: bytes) -> str:

@@ -38,6 +38,7 @@ from providers.clients.base import (
     endpoint_host,
     failed_mid_stream,
     http_status_error,
+    request_headers,
     summary_events,
     tool_call_from_fragments,
 )
@@ -50,7 +51,6 @@ NO_KEY = "not-needed"  # local servers (vLLM, Ollama, the simulator) ignore the 
 MAX_CLIENTS_PER_LOOP = 32
 VENDOR_MESSAGE_CHARS = 300
 OPENAI_BASE_URL = "https://api.openai.com/v1"
-HEADER_VALUE_CHARS = 500
 
 FINISH_REASONS: dict[str, str] = {
     "stop": "end_turn",
@@ -61,11 +61,6 @@ FINISH_REASONS: dict[str, str] = {
 }
 
 TRANSPORT_ERRORS = (openai.OpenAIError, httpx2.HTTPError, httpx2.InvalidURL, OSError)
-
-CORRELATION_HEADERS: dict[str, str] = {
-    "session_id": "X-Airlock-Session-Id",
-    "user_id": "X-Airlock-User-Id",
-}
 
 # One pool of clients per event loop: an HTTP connection belongs to the loop that opened it, and Celery
 # workers or tests may run several loops in one process.
@@ -131,29 +126,6 @@ def provider_api_key(provider: Provider) -> str:
             f"The stored API key of provider {provider.name!r} cannot be decrypted with AIRLOCK_ENCRYPTION_KEYS "
             "(was a key removed?): restore the key or set the provider's API key again."
         ) from None
-
-
-def request_headers(provider: Provider, correlation: dict[str, str]) -> dict[str, str]:
-    """Headers for every call: the provider's extra headers (gateways), then the correlation headers."""
-    headers: dict[str, str] = {}
-    extra = provider.extra_headers if isinstance(provider.extra_headers, dict) else {}
-    for name, value in extra.items():
-        name = re.sub(r"[^A-Za-z0-9!#$%&'*+.^_`|~-]", "", str(name))
-        if name and value is not None:
-            headers[name] = re.sub(r"[\r\n]", " ", str(value))[:HEADER_VALUE_CHARS]
-    headers.update(correlation_headers(correlation))
-    return headers
-
-
-def correlation_headers(correlation: dict[str, str]) -> dict[str, str]:
-    """X-Airlock-* headers that let the provider's logs be joined with the audit trail."""
-    headers = {}
-    for key, value in correlation.items():
-        if value is None or value == "":
-            continue
-        name = CORRELATION_HEADERS.get(key) or "X-Airlock-" + "-".join(p.capitalize() for p in key.split("_") if p)
-        headers[name] = re.sub(r"[\r\n]", " ", str(value))[:200]
-    return headers
 
 
 def wire_tools(tools: list[ToolSpec]) -> list[dict[str, Any]]:

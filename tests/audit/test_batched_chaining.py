@@ -254,7 +254,7 @@ def test_the_dedicated_chainer_process_chains_what_writers_only_inserted(org, ot
         assert "running" in (chainer.stdout.readline() if chainer.stdout else "")
         for index in range(12):
             record(action="prompt.submitted", actor=SystemActor(), organization=(org, other_org)[index % 2], data={})
-        assert not chaining._chainers, "writers start no chainer thread when a chainer process runs"
+        assert not chaining.chainer_threads_running(), "writers start no chainer thread when a chainer process runs"
 
         deadline = time.monotonic() + 20
         while AuditEvent.objects.count() < 12 and time.monotonic() < deadline:
