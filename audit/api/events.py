@@ -16,6 +16,7 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from audit.chain import HASHED_FIELDS
 from audit.models import AuditEvent
 from audit.selectors import (
     DEFAULT_PAGE_SIZE,
@@ -31,30 +32,8 @@ from audit.selectors import (
 from audit.viewing import audit_viewed_record
 from organizations.api.base import OrganizationScopedViewSet
 
-EVENT_FIELDS = [
-    "id",
-    "sequence",
-    "occurred_at",
-    "action",
-    "outcome",
-    "error",
-    "actor_type",
-    "actor_id",
-    "actor_display",
-    "auth_method",
-    "source_ip",
-    "user_agent",
-    "request_id",
-    "target_type",
-    "target_id",
-    "target_display",
-    "session_id",
-    "workspace_id",
-    "model_call_id",
-    "data",
-    "prev_hash",
-    "hash",
-]
+# What the API shows of an event: the hashed fields (the organization is in the URL) and the chain links.
+EVENT_FIELDS = [name for name in HASHED_FIELDS if name != "organization_id"] + ["prev_hash", "hash"]
 
 
 class AuditEventSerializer(serializers.ModelSerializer):

@@ -11,34 +11,17 @@ from typing import Any
 
 from django.conf import settings
 
-from audit.chain import canonical_json, format_time
+from audit.chain import HASHED_FIELDS, canonical_json, format_time
 
 EXTENSION = "csv"
 CONTENT_TYPE = "text/csv; charset=utf-8"
 
+# The hashed fields in their hashed order (the organization's slug beside its id), the chain links, the product.
 COLUMNS = (
     "id",
     "organization_id",
     "organization_slug",
-    "sequence",
-    "occurred_at",
-    "action",
-    "outcome",
-    "error",
-    "actor_type",
-    "actor_id",
-    "actor_display",
-    "auth_method",
-    "source_ip",
-    "user_agent",
-    "request_id",
-    "target_type",
-    "target_id",
-    "target_display",
-    "session_id",
-    "workspace_id",
-    "model_call_id",
-    "data",
+    *(name for name in HASHED_FIELDS if name not in ("id", "organization_id")),
     "prev_hash",
     "hash",
     "product_name",
