@@ -137,3 +137,55 @@ def role_names(action: str) -> str:
 def can_use_models(*, user: User, organization: Organization) -> bool:
     """Whether the user may run agents with the organization's models."""
     return has_permission(user, organization, "model.use")
+
+
+def grantable_groups(*, organization: Organization) -> QuerySet[Any]:
+    """Groups with at least one member of the organization: groups are site-wide, other tenants' stay unnamed."""
+    from django.contrib.auth.models import Group
+
+    return Group.objects.filter(user__memberships__organization=organization).distinct().order_by("name")
+
+
+def granted_groups(*, model: LanguageModel, names: list[str] | None = None) -> QuerySet[Any]:
+    """The groups holding a grant on the model; `names` when the grants were already read."""
+    from django.contrib.auth.models import Group
+
+    if names is None:
+        names = model_access_grants(model=model)["groups"]
+    return Group.objects.filter(name__in=names).order_by("name")
+
+
+def grant_holders(*, model: LanguageModel) -> QuerySet[Any]:
+    """The users holding a direct grant on the model, members of its organization or not any more."""
+    from django.contrib.auth import get_user_model
+
+    return get_user_model().objects.filter(username__in=model_access_grants(model=model)["users"])
+
+
+def access_grantee(
+    *, model: LanguageModel, revoking: bool, user: str | None = None, group: str | None = None
+) -> dict[str, Any]:
+    """The user or group an access change names, looked up only where this organization may see it.
+
+    Granting: a member of the organization, or a group with members in it; revoking: those, or a holder of a
+    grant on the model. Anything else, in another tenant or nowhere, answers the same "no such" error.
+    """
+    from django.contrib.auth import get_user_model
+    from django.core.exceptions import ValidationError
+
+    organization = model.organization
+    if user:
+        users = get_user_model().objects.filter(memberships__organization=organization)
+        if revoking:
+            users = users | grant_holders(model=model)
+        found = users.filter(username=user).distinct().first()
+        if found is None:
+            raise ValidationError({"user": f"No member of {organization.slug} is named {user!r}."})
+        return {"user": found}
+    groups = grantable_groups(organization=organization)
+    if revoking:
+        groups = groups | granted_groups(model=model)
+    found_group = groups.filter(name=group).distinct().first()
+    if found_group is None:
+        raise ValidationError({"group": f"No group with members in {organization.slug} is named {group!r}."})
+    return {"group": found_group}

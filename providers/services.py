@@ -22,6 +22,7 @@ from organizations.models import Membership, Organization
 from organizations.permissions import require_permission
 from portal.crypto import encrypt_secret, secret_hint
 from providers.models import LanguageModel, Provider
+from providers.selectors import grantable_groups
 from providers.validation import (
     MODEL_FIELDS,
     MODEL_UPDATE_FIELDS,
@@ -463,8 +464,11 @@ def _grantee(
                 {"user": f"That user is not a member of {model.organization.slug}: invite them first."}
             )
         return user, {"user": user.get_username(), "user_id": str(user.pk)}
-    if not isinstance(group, Group):
-        raise ValidationError({"group": "No such group."})
+    if not isinstance(group, Group) or (
+        members_only and not grantable_groups(organization=model.organization).filter(pk=group.pk).exists()
+    ):
+        slug = model.organization.slug
+        raise ValidationError({"group": f"That group has no members in {slug}: pick one of its groups."})
     return group, {"group": group.name, "group_id": str(group.pk)}
 
 

@@ -9,9 +9,8 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db.models import Count, Exists, OuterRef, Prefetch, QuerySet
+from django.db.models import Count, Exists, OuterRef, Prefetch
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -31,7 +30,15 @@ from providers.forms import (
     provider_key_label,
 )
 from providers.models import LanguageModel, Provider, ProviderKind
-from providers.selectors import model_access_grants, models_visible_to, providers_for_user, role_names
+from providers.selectors import (
+    grant_holders,
+    grantable_groups,
+    granted_groups,
+    model_access_grants,
+    models_visible_to,
+    providers_for_user,
+    role_names,
+)
 
 VIEW_ACTION = "provider.view"
 CHECKS_SESSION_KEY = "provider_checks"
@@ -387,25 +394,17 @@ def model_default(request: HttpRequest, slug: str, model_id: int) -> HttpRespons
 # Who may use a model ---------------------------------------------------------------------------------------------
 
 
-def _granted_groups(model: LanguageModel, names: list[str] | None = None) -> QuerySet[Group]:
-    """The groups holding a grant on the model (the revoke buttons' choices); `names` when already read."""
-    if names is None:
-        names = model_access_grants(model=model)["groups"]
-    return Group.objects.filter(name__in=names).order_by("name")
-
-
-def _grantable_groups(organization: Organization) -> QuerySet[Group]:
-    """Groups with at least one member of the organization: groups are site-wide, other tenants' stay unnamed."""
-    return Group.objects.filter(user__memberships__organization=organization).distinct().order_by("name")
-
-
 def _access_form(organization: Organization, model: LanguageModel, change: str, data: Any = None) -> ModelAccessForm:
     """The grant form (any group with members here) or a revoke button's form (the groups granted)."""
     if change != "revoke":
-        return ModelAccessForm(data, organization=organization, groups=_grantable_groups(organization), prefix=change)
-    holders = get_user_model().objects.filter(username__in=model_access_grants(model=model)["users"])
+        groups = grantable_groups(organization=organization)
+        return ModelAccessForm(data, organization=organization, groups=groups, prefix=change)
     return ModelAccessForm(
-        data, organization=organization, groups=_granted_groups(model), grant_holders=holders, prefix=change
+        data,
+        organization=organization,
+        groups=granted_groups(model=model),
+        grant_holders=grant_holders(model=model),
+        prefix=change,
     )
 
 
@@ -419,7 +418,7 @@ def _grant_rows(organization: Organization, model: LanguageModel) -> dict[str, l
         .annotate(is_member=Exists(members))
         .order_by("username")
     )
-    return {"users": list(users), "groups": list(_granted_groups(model, names["groups"]))}
+    return {"users": list(users), "groups": list(granted_groups(model=model, names=names["groups"]))}
 
 
 def _render_model_access(

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from rest_framework import mixins, status
@@ -29,7 +27,13 @@ from providers.api.serializers import (
 )
 from providers.checks import provider_check
 from providers.models import LanguageModel, Provider
-from providers.selectors import model_access_grants, models_visible_to, providers_for_user, role_names
+from providers.selectors import (
+    access_grantee,
+    model_access_grants,
+    models_visible_to,
+    providers_for_user,
+    role_names,
+)
 from providers.services import (
     model_create,
     model_delete,
@@ -165,17 +169,12 @@ class LanguageModelViewSet(
             return Response({"restricted_access": model.restricted_access, **model_access_grants(model=model)})
         payload = AccessSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        who: dict[str, Any] = {}
-        if payload.validated_data.get("user"):
-            user = get_user_model().objects.filter(username=payload.validated_data["user"]).first()
-            if user is None:
-                raise ValidationError({"user": f"No user named {payload.validated_data['user']!r}."})
-            who["user"] = user
-        else:
-            group = Group.objects.filter(name=payload.validated_data["group"]).first()
-            if group is None:
-                raise ValidationError({"group": f"No group named {payload.validated_data['group']!r}."})
-            who["group"] = group
+        who = access_grantee(
+            model=model,
+            revoking=request.method == "DELETE",
+            user=payload.validated_data.get("user"),
+            group=payload.validated_data.get("group"),
+        )
         change = model_grant_access if request.method == "POST" else model_revoke_access
         change(actor=request.user, model=model, **who)
         return Response({"restricted_access": model.restricted_access, **model_access_grants(model=model)})

@@ -138,3 +138,25 @@ def test_opening_a_restricted_model_makes_it_usable_for_every_agents_user(org, o
     model_update(actor=owner, model=catalogue["restricted"], restricted_access=False)
 
     assert names(models_for_user(user=newcomer, organization=org)) == ["open", "restricted"]
+
+
+def test_the_access_api_tells_nothing_about_other_tenants_users_or_groups(org, other_org, owner, catalogue):
+    restricted = catalogue["restricted"]
+    stranger = UserFactory(username="stranger")
+    make_member(other_org, stranger)
+    their_team = Group.objects.create(name="their-team")
+    stranger.groups.add(their_team)
+    client = APIClient()
+    client.force_authenticate(owner)
+    url = f"{MODELS}{restricted.pk}/access/"
+
+    foreign = client.post(url, {"user": "stranger"}, format="json")
+    missing = client.post(url, {"user": "nobody"}, format="json")
+    foreign_group = client.post(url, {"group": "their-team"}, format="json")
+
+    assert foreign.status_code == missing.status_code == foreign_group.status_code == 400
+    assert foreign.json()["user"] == [f"No member of {org.slug} is named 'stranger'."]
+    assert missing.json()["user"] == [f"No member of {org.slug} is named 'nobody'."]
+    assert "their-team" not in str(client.get(url).json())
+    with pytest.raises(Exception, match="has no members in"):
+        model_grant_access(actor=owner, model=restricted, group=their_team)

@@ -476,6 +476,7 @@ def test_granting_and_revoking_access_is_audited(org, owner, agents_user):
     provider = make_provider(org, owner)
     model = make_model(org, provider, owner, restricted_access=True)
     group = Group.objects.create(name="ml-team")
+    agents_user.groups.add(group)  # a group is granted only when it has members here
 
     model_grant_access(actor=owner, model=model, user=agents_user)
     model_grant_access(actor=owner, model=model, user=agents_user)  # already granted: no second event
