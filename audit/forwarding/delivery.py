@@ -170,7 +170,8 @@ def _one_batch(destination_id: str, *, batch_size: int, force: bool, result: Del
             message = scrub(f"unexpected error: {exc.__class__.__name__}: {exc}", secret)
             _record_failure(destination, message)
             result.error = message
-            logger.exception("audit forwarding to %s (%s) crashed", destination.name, destination.pk)
+            # The scrubbed message only: a traceback's exception text could hold the destination's secret.
+            logger.error("audit forwarding to %s (%s) crashed: %s", destination.name, destination.pk, message)
             return False
         last = rows[-1].sequence
         _record_success(destination, last)
