@@ -16,7 +16,7 @@ from django.db import close_old_connections, transaction
 
 import audit
 from agents.models import AgentSession, Message, MessageRole, SessionStatus
-from agents.services import message_append, session_set_status
+from agents.services import message_append, session_set_status, session_workspace_create
 from agents.stream import SessionStream, next_seq
 from audit.chain import canonical_json
 from audit.services import AgentActor
@@ -35,7 +35,7 @@ from providers.clients import (
 from providers.usage import model_call_record
 from workspaces.backends import ExecutionError
 from workspaces.models import CommandRun, Workspace
-from workspaces.services import command_execute, workspace_create
+from workspaces.services import command_execute
 
 logger = logging.getLogger(__name__)
 
@@ -287,7 +287,8 @@ class AgentTurn:
 
     async def _workspace(self) -> Workspace:
         if self.session.workspace is None:
-            self.session.workspace = await sync_to_async(_workspace_for_session)(self.session, self.actor)
+            create = sync_to_async(session_workspace_create)
+            self.session.workspace = await create(session=self.session, actor=self.actor)
         return self.session.workspace
 
     async def _set_status(self, status: str, error: str = "") -> None:
@@ -311,15 +312,6 @@ class AgentTurn:
                 outcome="failure",
                 error=message,
             )
-
-
-def _workspace_for_session(session: AgentSession, actor: AgentActor) -> Workspace:
-    with transaction.atomic():
-        workspace = workspace_create(
-            actor=actor, organization=session.organization, owner=session.created_by, name=f"session-{session.pk}"
-        )
-        AgentSession.objects.filter(pk=session.pk).update(workspace=workspace)
-    return workspace
 
 
 def _reason(exc: Exception) -> str:

@@ -13,10 +13,13 @@ from django.db.models import Max
 import audit
 from agents.models import AgentSession, Message, MessageRole, SessionEvent, SessionStatus
 from agents.stream import next_seq, publish_now
+from audit.services import AgentActor
 from organizations.models import Organization
 from organizations.permissions import require_permission
 from providers.models import LanguageModel
 from providers.selectors import models_for_user
+from workspaces.models import Workspace
+from workspaces.services import workspace_create
 
 MAX_PROMPT_CHARS = 100_000
 
@@ -124,8 +127,22 @@ def session_add_prompt(*, user: AbstractBaseUser, session: AgentSession, prompt:
     return session
 
 
+@transaction.atomic
+def session_workspace_create(*, session: AgentSession, actor: AgentActor) -> Workspace:
+    """Give a session its workspace (the agent's first command); audited as workspace.created in the session."""
+    workspace = workspace_create(
+        actor=actor, organization=session.organization, owner=session.created_by, name=f"session-{session.pk}"
+    )
+    AgentSession.objects.filter(pk=session.pk).update(workspace=workspace)
+    return workspace
+
+
 def session_set_status(*, session_id: uuid.UUID, status: str, error: str = "") -> None:
-    """Record where a turn stands (called by the agent loop)."""
+    """Record where a turn stands (called by the agent loop).
+
+    Not audited itself: the turn's audited events (prompt.submitted, model.call, workspace.command,
+    session.failed) already say what happened; the status is the page's view of it.
+    """
     AgentSession.objects.filter(pk=session_id).update(status=status, error=error[:4000])
 
 
