@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q
@@ -70,3 +72,15 @@ def is_member(user: AbstractBaseUser | AnonymousUser, organization: Organization
     if not user.is_authenticated:
         return False
     return user.is_superuser or Membership.objects.filter(user_id=user.pk, organization_id=organization.pk).exists()
+
+
+def require_actor_permission(actor: Any, organization: Organization, action: str) -> None:
+    """`require_permission` for a service's actor: Airlock itself (None, a SystemActor: the CLI, a bootstrap) is
+    trusted, the agent acting for a user may never change settings, a user needs a role for the action."""
+    from audit.services import AgentActor, SystemActor
+
+    if actor is None or isinstance(actor, SystemActor):
+        return
+    if isinstance(actor, AgentActor):
+        raise PermissionDenied(f"The agent acting for a user may not do this ({action}).")
+    require_permission(actor, organization, action)

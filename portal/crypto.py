@@ -49,3 +49,8 @@ def rotate_secret(token: str) -> str:
 def secret_hint(plaintext: str) -> str:
     """What may be shown of a secret: its last four characters at most."""
     return plaintext[-4:] if len(plaintext) >= 12 else ""
+
+
+def masked_secret(plaintext: str) -> str:
+    """How a secret may appear in audit rows and pages: "****" and at most its last four characters."""
+    return "****" + secret_hint(plaintext)

@@ -46,10 +46,10 @@ import audit
 from audit.models import Outcome
 from audit.secrets import mask_secrets_in_text
 from audit.services import Actor
+from organizations.permissions import require_actor_permission
 from portal.crypto import decrypt_secret
 from providers.clients.base import provider_headers
 from providers.models import LanguageModel, Provider, ProviderKind
-from providers.services import require_actor_permission
 
 NETWORK_TIMEOUT_SECONDS = 5.0
 API_TIMEOUT_SECONDS = 10.0

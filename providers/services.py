@@ -12,15 +12,15 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, Group
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import ProtectedError
 
 import audit
-from audit.services import Actor, AgentActor, SystemActor
+from audit.services import Actor
 from organizations.models import Membership, Organization
-from organizations.permissions import require_permission
-from portal.crypto import encrypt_secret, secret_hint
+from organizations.permissions import require_actor_permission
+from portal.crypto import encrypt_secret, masked_secret, secret_hint
 from providers.models import LanguageModel, Provider
 from providers.selectors import grantable_groups
 from providers.validation import (
@@ -43,20 +43,6 @@ from providers.validation import (
 )
 
 USE_PERMISSION = "providers.use_languagemodel"
-
-
-def require_actor_permission(actor: Actor, organization: Organization, action: str) -> None:
-    """Owners (and superusers) only; Airlock itself (SystemActor / None) bootstraps without a check."""
-    if actor is None or isinstance(actor, SystemActor):
-        return
-    if isinstance(actor, AgentActor):
-        raise PermissionDenied("The agent may not change providers or models.")
-    require_permission(actor, organization, action)
-
-
-def masked_key(api_key: str) -> str:
-    """How a key may appear in audit rows and pages: "****" and at most its last four characters."""
-    return "****" + secret_hint(api_key)
 
 
 def _stored_key_mask(provider: Provider) -> str | None:
@@ -147,7 +133,7 @@ def provider_create(
         if value:
             data[field] = value
     if key:
-        data["api_key_hint"] = masked_key(key)
+        data["api_key_hint"] = masked_secret(key)
     audit.record(action="provider.created", actor=actor, organization=organization, target=provider, data=data)
     return provider
 
@@ -192,7 +178,7 @@ def provider_update(*, actor: Actor, provider: Provider, **changes: Any) -> Prov
     diff = {field: {"before": before[field], "after": after[field]} for field in after if after[field] != before[field]}
     key_change: dict[str, Any] | None = None
     if new_key:
-        key_change = {"before": _stored_key_mask(provider), "after": masked_key(new_key)}
+        key_change = {"before": _stored_key_mask(provider), "after": masked_secret(new_key)}
         provider.api_key_encrypted = encrypt_secret(new_key)
         provider.api_key_hint = secret_hint(new_key)
     elif clear_key and provider.has_api_key:

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cryptography import x509
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
 import audit
@@ -23,9 +23,9 @@ from audit.forwarding import forget_destinations, schedule_forwarding
 from audit.forwarding.delivery import head_sequence
 from audit.forwarding.senders import DeliveryError, build_sender, probe_row, scrub
 from audit.models import AuditDestination, DestinationKind, Outcome
-from audit.services import Actor, AgentActor, SystemActor
+from audit.services import Actor
 from organizations.models import Organization
-from organizations.permissions import require_permission
+from organizations.permissions import require_actor_permission
 from portal.crypto import decrypt_secret, encrypt_secret, secret_hint
 
 MANAGE_ACTION = "org.manage"  # owners (and superusers)
@@ -37,20 +37,6 @@ KNOWN_OPTIONS = {
     DestinationKind.SYSLOG: {"facility", "hostname"},
 }
 SECRET_NAME = {DestinationKind.SPLUNK_HEC: "HEC token", DestinationKind.WEBHOOK: "HMAC secret"}
-
-
-def _require_owner(actor: Actor, organization: Organization) -> None:
-    """Owners (and superusers) only; Airlock itself (SystemActor, e.g. the CLI) is trusted."""
-    if actor is None or isinstance(actor, SystemActor):
-        return
-    if isinstance(actor, AgentActor):
-        raise PermissionDenied("The agent may not change audit destinations.")
-    require_permission(actor, organization, MANAGE_ACTION)
-
-
-def masked_secret(secret: str) -> str:
-    """How a destination secret may appear in audit rows: "****" and at most its last four characters."""
-    return "****" + secret_hint(secret)
 
 
 def _validate_name(organization: Organization, name: str, exclude_pk: Any = None) -> str:
@@ -256,7 +242,7 @@ def destination_create(
     enabled: bool = True,
 ) -> AuditDestination:
     """Add a SIEM destination; it receives events from the current head on unless options ask for `replay_from`."""
-    _require_owner(actor, organization)
+    require_actor_permission(actor, organization, MANAGE_ACTION)
     if kind not in DestinationKind.values:
         raise ValidationError({"kind": f"Unknown kind {kind!r}: use one of {', '.join(DestinationKind.values)}."})
     options = dict(options or {}) if isinstance(options, dict) else options
@@ -318,7 +304,7 @@ def destination_update(
 ) -> AuditDestination:
     """Change a destination's settings; a non-empty `secret` replaces the stored one (the kind never changes)."""
     organization = destination.organization
-    _require_owner(actor, organization)
+    require_actor_permission(actor, organization, MANAGE_ACTION)
     destination = AuditDestination.objects.select_for_update().get(pk=destination.pk)
     before = _public_fields(destination)
     if name is not None:
@@ -379,7 +365,7 @@ def destination_update(
 def destination_set_enabled(*, actor: Actor, destination: AuditDestination, enabled: bool) -> AuditDestination:
     """Pause or resume forwarding; a paused destination keeps its cursor and catches up when resumed."""
     organization = destination.organization
-    _require_owner(actor, organization)
+    require_actor_permission(actor, organization, MANAGE_ACTION)
     destination = AuditDestination.objects.select_for_update().get(pk=destination.pk)
     if destination.enabled == bool(enabled):
         return destination
@@ -401,7 +387,7 @@ def destination_set_enabled(*, actor: Actor, destination: AuditDestination, enab
 def destination_delete(*, actor: Actor, destination: AuditDestination) -> None:
     """Remove a destination; events already sent stay sent, nothing more is forwarded to it."""
     organization = destination.organization
-    _require_owner(actor, organization)
+    require_actor_permission(actor, organization, MANAGE_ACTION)
     destination = AuditDestination.objects.select_for_update().get(pk=destination.pk)
     data = _public_fields(destination)
     data["delivered_sequence"] = destination.delivered_sequence
@@ -423,7 +409,7 @@ class ProbeResult:
 def destination_test(*, actor: Actor, destination: AuditDestination) -> ProbeResult:
     """Send one synthetic event (sequence 0, never stored) to the destination; audited, cursor untouched."""
     organization = destination.organization
-    _require_owner(actor, organization)
+    require_actor_permission(actor, organization, MANAGE_ACTION)
     secret = decrypt_secret(destination.secret_encrypted) if destination.secret_encrypted else ""
     try:
         build_sender(destination, secret).send([probe_row(destination)])
