@@ -140,3 +140,25 @@ class ScriptedServer(ScriptedLoopback):
             self._request_log.append(entry)
             if accepted:
                 self._requests.append(body)
+
+
+class RawStreamHandler(ScriptedHandler):
+    """Answers every POST with the turn's `frames` (server-sent events written verbatim), to test odd streams."""
+
+    server: LoopbackServer
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server naming
+        """Stream the next turn's frames as text/event-stream."""
+        if self.read_body() is None:
+            return
+        owner: RawStreamServer = self.server.owner
+        turn = owner.next_turn()
+        frames = [frame.encode() for frame in turn.get("frames") or []]
+        self.stream_chunks(frames, turn, "text/event-stream")
+
+
+class RawStreamServer(ScriptedServer):
+    """A loopback server whose turns are raw server-sent-event frames: {"frames": ["data: {...}\\n\\n", ...]}."""
+
+    handler_class = RawStreamHandler
+    thread_name = "fake-raw-stream"
