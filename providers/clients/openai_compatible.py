@@ -303,27 +303,27 @@ async def stream(
                 raise failed_mid_stream(hooks, context.translate(exc, mid_stream=True)) from None
             except (ValueError, TypeError):  # data that is not JSON
                 raise failed_mid_stream(hooks, context.not_a_stream()) from None
-            if type(chunk) is not dict:
-                raise failed_mid_stream(hooks, context.not_a_stream())
-            if chunk.get("usage") is not None:  # usually on a last chunk without choices; some servers send it earlier
-                usage = chunk["usage"]
             try:
+                if chunk.get("usage") is not None:  # usually on a last chunk without choices, sometimes earlier
+                    usage = chunk["usage"]
                 for choice in chunk.get("choices") or ():
                     if choice.get("index"):  # only the first choice: 0, or None from servers that leave it out
                         continue
                     delta = choice.get("delta")
                     if delta:
-                        # Reasoning some servers add: vLLM and DeepSeek as reasoning_content, OpenRouter as reasoning.
-                        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-                        if reasoning and isinstance(reasoning, str):
-                            yield ReasoningDelta(reasoning)
                         content = delta.get("content")
+                        if len(delta) > 1 or not content:  # more than a token of text (the common chunk)
+                            # Reasoning some servers add: vLLM and DeepSeek as reasoning_content, OpenRouter as
+                            # reasoning.
+                            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+                            if reasoning and isinstance(reasoning, str):
+                                yield ReasoningDelta(reasoning)
+                            tool_calls = delta.get("tool_calls")
+                            if tool_calls:
+                                for fragment in tool_calls:
+                                    calls.add(fragment)
                         if content:
-                            yield TextDelta(str(content))
-                        tool_calls = delta.get("tool_calls")
-                        if tool_calls:
-                            for fragment in tool_calls:
-                                calls.add(fragment)
+                            yield TextDelta(content if type(content) is str else str(content))
                     if choice.get("finish_reason"):
                         finish_reason = str(choice["finish_reason"])
             except (AttributeError, TypeError):  # a field of the wrong shape
