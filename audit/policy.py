@@ -23,9 +23,9 @@ from typing import Any
 
 from django.conf import settings
 
-from audit.chain import canonical_json
+from audit.chain import canonical_json, normalize, storable_json
 from audit.models import AuditSettings, ContentPolicy
-from audit.secrets import mask_secrets, mask_secrets_in_text
+from audit.secrets import mask_secrets, mask_secrets_in_text, may_hold_secrets
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +160,22 @@ def prepare_event_data(*, organization_id: int, action: str, data: dict[str, Any
     if policy.patterns:
         prepared = _apply_patterns(prepared, policy.patterns)
     return prepared
+
+
+def prepare_event_json(*, organization_id: int, action: str, data: dict[str, Any]) -> tuple[Any, str]:
+    """(value, JSON text) of an event's data to store, for a writer that sends JSON text to PostgreSQL.
+
+    Most events need no masking: under the `full` policy, data whose canonical JSON PostgreSQL stores as is
+    (`storable_json`) and that holds none of the secret patterns' triggers nor a secret key's name
+    (`may_hold_secrets`, a conservative test over the whole text) is stored as that text, in one pass. Else it
+    is `prepare_event_data` then `normalize`, as for every other writer; the database keeps the same value.
+    """
+    if policy_for(organization_id).content_policy == ContentPolicy.FULL:
+        text = storable_json(data)
+        if text is not None and not may_hold_secrets(text):
+            return data, text
+    prepared = normalize(prepare_event_data(organization_id=organization_id, action=action, data=data))
+    return prepared, canonical_json(prepared)
 
 
 def prepare_event_text(*, organization_id: int, text: str) -> str:

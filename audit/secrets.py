@@ -190,3 +190,27 @@ def mask_secrets(value: Any, *, key: str | None = None) -> Any:
     if isinstance(value, list | tuple):
         return [mask_secrets(item) for item in value]
     return value
+
+
+def _screening_words() -> tuple[str, ...]:
+    """What `may_hold_secrets` looks for in lower-cased JSON text: every trigger, lower-cased, and every secret
+    key's name in quotes; a word that contains another one is left out (the shorter one already finds it)."""
+    words = {trigger.lower() for pattern in SECRET_PATTERNS for trigger in pattern.triggers}
+    words |= {f'"{name}"' for name in SECRET_KEYS}
+    return tuple(sorted(word for word in words if not any(other != word and other in word for other in words)))
+
+
+_SCREENING_WORDS = _screening_words()
+
+
+def may_hold_secrets(json_text: str) -> bool:
+    """Whether a value's JSON text could hold anything `mask_secrets` masks (False: nothing to mask).
+
+    Conservative: True when any secret pattern's trigger occurs anywhere in the text, in any case (values and
+    keys alike; no trigger holds a character JSON escapes), or a secret key's name occurs in quotes.
+    """
+    lowered = json_text.lower()
+    for word in _SCREENING_WORDS:  # a plain loop: this runs for every event written
+        if word in lowered:
+            return True
+    return False

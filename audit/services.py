@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import uuid
 import weakref
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from audit.chain import chain_hash, clean_text, event_document, normalize
 from audit.chaining import chaining_mode, wake_chainer
 from audit.forwarding import schedule_forwarding
 from audit.models import ActorType, AuditChainHead, AuditEvent, AuditPendingEvent, Outcome
-from audit.policy import prepare_event_data, prepare_event_text
+from audit.policy import prepare_event_data, prepare_event_json, prepare_event_text
 from organizations.models import Organization
 
 
@@ -120,12 +119,12 @@ def record(
         session_id=str(session_id or ""),
         workspace_id=str(workspace_id or ""),
         model_call_id=str(model_call_id or ""),
-        data=normalize(prepare_event_data(organization_id=organization.pk, action=action, data=data or {})),
         **_actor_fields(actor),
         **_target_fields(target, organization_id=organization.pk),
     )
     if chaining_mode() == "batched":
-        return _record_pending(organization.pk, fields)
+        return _record_pending(organization.pk, fields, action=action, data=data or {})
+    fields["data"] = normalize(prepare_event_data(organization_id=organization.pk, action=action, data=data or {}))
     event = AuditEvent(id=uuid.uuid4(), organization_id=organization.pk, **fields)
     with transaction.atomic():
         head_sequence, head_hash = _lock_chain_head(organization.pk)
@@ -141,20 +140,25 @@ def record(
 _APPEND_SQL: dict[str, str] = {}
 
 
-def _record_pending(organization_id: int, fields: dict[str, Any]) -> AuditPendingEvent:
+def _record_pending(
+    organization_id: int, fields: dict[str, Any], *, action: str, data: dict[str, Any]
+) -> AuditPendingEvent:
     """Batched mode: write the prepared event as a pending row and wake the chainer once the caller commits.
 
     No chain-head lock: concurrent writers of one organization only share the table. The row's `event_id` is
-    the id its `AuditEvent` will have.
+    the id its `AuditEvent` will have. The chainer hashes the data as the database gives it back, so on
+    PostgreSQL it is sent as JSON text prepared in one pass (`prepare_event_json`).
     """
     fields.update(event_id=uuid.uuid4(), organization_id=organization_id, occurred_at=dt.datetime.now(dt.UTC))
     connection = connections[router.db_for_write(AuditPendingEvent)]
     if connection.vendor == "postgresql":
+        fields["data"], data_json = prepare_event_json(organization_id=organization_id, action=action, data=data)
         pending = AuditPendingEvent(*[fields.get(name) for name in _MODEL_ATTNAMES])
-        pending.id = _insert_pending_postgresql(connection, fields)
+        pending.id = _insert_pending_postgresql(connection, fields, data_json=data_json)
         pending._state.adding = False
         pending._state.db = connection.alias
     else:
+        fields["data"] = normalize(prepare_event_data(organization_id=organization_id, action=action, data=data))
         pending = AuditPendingEvent(**fields)
         pending.save(force_insert=True)
     transaction.on_commit(partial(wake_chainer, organization_id))
@@ -167,14 +171,14 @@ _PENDING_FIELDS = [field for field in AuditPendingEvent._meta.concrete_fields if
 _PENDING_ATTNAMES = [field.attname for field in _PENDING_FIELDS]
 
 
-def _insert_pending_postgresql(connection: Any, fields: dict[str, Any]) -> int:
+def _insert_pending_postgresql(connection: Any, fields: dict[str, Any], *, data_json: str) -> int:
     """Insert one pending row on the driver's own cursor; returns its id.
 
     Ingest pays this for every event, and Django's cursor wrapper (a new client-side-binding cursor per call,
     every parameter quoted into the SQL text) costs more CPU than the INSERT itself. This runs on the same
     connection, inside the caller's transaction, with the parameters bound server-side (unprepared, so
-    transaction-pooling proxies keep working) and database errors raised as Django's. The data goes as JSON
-    text (the column casts it), as Django's own JSONField adapter would send it.
+    transaction-pooling proxies keep working) and database errors raised as Django's. The data goes as the
+    JSON text given (the column casts it), as Django's own JSONField adapter would send it.
     """
     sql = _APPEND_SQL.get("pending")
     if sql is None:
@@ -185,7 +189,7 @@ def _insert_pending_postgresql(connection: Any, fields: dict[str, Any]) -> int:
             f"INSERT INTO {AuditPendingEvent._meta.db_table} ({columns}) VALUES ({placeholders}) RETURNING id"  # noqa: S608
         )
     values = [fields[name] for name in _PENDING_ATTNAMES]
-    values[_DATA_INDEX] = json.dumps(values[_DATA_INDEX], ensure_ascii=False)
+    values[_DATA_INDEX] = data_json
     connection.close_if_health_check_failed()
     connection.ensure_connection()
     connection.validate_no_broken_transaction()

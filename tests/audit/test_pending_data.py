@@ -1,0 +1,118 @@
+"""Batched chaining stores an event's data exactly as immediate chaining does, secrets masked, whatever the data.
+
+On PostgreSQL a batched writer sends the data as JSON text prepared in one pass when nothing in it needs
+masking or rewriting (`prepare_event_json`); these tests hold that shortcut to the result of the full path.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from audit import chaining, record
+from audit.chain import storable_json
+from audit.models import AuditEvent, AuditSettings, ContentPolicy
+from audit.policy import invalidate_policy
+from audit.secrets import SECRET_KEYS, SECRET_PATTERNS, may_hold_secrets
+from audit.services import SystemActor
+from audit.verify import verify_chain
+from organizations.models import Organization
+from tests.factories import OrganizationFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+SAMPLES = {
+    "plain": {"provider": "sim", "tokens": {"in": 1200, "out": 3}, "cost": 0.0012, "response_text": "Done."},
+    "anthropic-key-in-text": {"response_text": "use sk-ant-api03-abcdefghijklmnopqrstuvwxyz0123 now"},
+    "secret-key-name-any-case": {"config": {"Api_Key": "hunter2-hunter2", "region": "eu"}},
+    "bearer-in-a-list": {"messages": [{"content": "Authorization: Bearer abcdefghijk123456"}]},
+    "password-in-url": {"url": "postgres://app:s3cretpass@db.internal/x"},
+    "private-key": {"output_tail": "-----BEGIN RSA PRIVATE KEY-----\nMIIEabc\n-----END RSA PRIVATE KEY-----"},
+    "non-finite-floats": {"x": float("nan"), "y": float("inf"), "z": float("-inf")},
+    "nul-character": {"output_head": "a\x00b"},
+    "lone-surrogate": {"output_head": "a\ud800b"},
+    "big-float-and-negative-zero": {"big": 1e16, "bigger": 3.5e20, "neg": -0.0, "small": 0.1},
+    "types-json-lacks": {
+        "when": dt.datetime(2026, 11, 29, 3, 0, tzinfo=dt.UTC),
+        "id": uuid.UUID("12345678-1234-5678-1234-567812345678"),
+        "pair": (1, 2),
+        "amount": decimal.Decimal("1.50"),
+    },
+    "non-ascii": {"text": "Grüße, 東京 🚀"},
+    "integer-keys": {1: "one", 2: {"3": "three"}},
+    "backslash-u0000-typed": {"text": "a literal \\u0000 in a path"},
+}
+
+POLICIES = {
+    "full": (ContentPolicy.FULL, []),
+    "redacted": (ContentPolicy.REDACTED, [r"PATIENT-\d+", "eu"]),
+    "digest": (ContentPolicy.DIGEST, []),
+}
+
+
+@pytest.fixture
+def twin_orgs() -> tuple[Organization, Organization]:
+    """Two organizations: one chained immediately, one batched."""
+    return OrganizationFactory(slug="immediate"), OrganizationFactory(slug="batched")
+
+
+@pytest.fixture(autouse=True)
+def drained() -> Iterator[None]:
+    yield
+    assert chaining.wait_until_chained(30), "a chainer thread hung"
+
+
+def stored(organization: Organization, mode: str, action: str, data: dict, settings) -> AuditEvent:
+    """Record one event in the given chaining mode and return it as chained."""
+    settings.AUDIT_CHAINING = mode
+    pending = record(action=action, actor=SystemActor(), organization=organization, data=data)
+    if mode == "batched":
+        assert chaining.wait_until_chained(10)
+        return AuditEvent.objects.get(pk=pending.event_id)
+    return AuditEvent.objects.get(pk=pending.pk)
+
+
+@pytest.mark.parametrize("sample", SAMPLES.values(), ids=SAMPLES.keys())
+@pytest.mark.parametrize("policy", POLICIES.values(), ids=POLICIES.keys())
+def test_batched_and_immediate_chaining_store_the_same_data(twin_orgs, sample, policy, settings):
+    for organization in twin_orgs:
+        AuditSettings.objects.create(organization=organization, content_policy=policy[0], redaction_patterns=policy[1])
+    invalidate_policy()
+    immediate_org, batched_org = twin_orgs
+
+    immediate = stored(immediate_org, "immediate", "model.call", sample, settings)
+    batched = stored(batched_org, "batched", "model.call", sample, settings)
+
+    assert batched.data == immediate.data
+    assert verify_chain(organization=batched_org).ok and verify_chain(organization=immediate_org).ok
+
+
+def test_a_secret_never_reaches_the_pending_table_or_the_chain(org, settings):
+    secret = "sk-ant-api03-CANARYcanaryCANARYcanary0123"
+    settings.AUDIT_CHAINING = "batched"
+    pending = record(action="model.call", actor=SystemActor(), organization=org, data={"response_text": secret})
+    assert secret not in str(pending.data)
+    assert chaining.wait_until_chained(10)
+    text = str(AuditEvent.objects.get(pk=pending.event_id).data)
+    assert secret not in text and "[REDACTED:anthropic_key]" in text
+
+
+def test_every_trigger_and_every_secret_key_sends_the_data_down_the_masking_path():
+    for pattern in SECRET_PATTERNS:
+        for trigger in pattern.triggers:
+            assert may_hold_secrets(storable_json({"text": f"x {trigger} y"})), trigger
+            assert may_hold_secrets(storable_json({"text": f"x {trigger.upper()} y"})) or trigger != trigger.lower()
+    for name in SECRET_KEYS:
+        assert may_hold_secrets(storable_json({name.upper(): "v"})), name
+    assert not may_hold_secrets(storable_json({"provider": "sim", "response_text": "Here is the change."}))
+
+
+@pytest.mark.parametrize(
+    "value", [float("nan"), "a\x00b", "a\ud800b", {1: "a", "b": 2}], ids=["nan", "nul", "surrogate", "mixed-keys"]
+)
+def test_storable_json_leaves_what_normalize_rewrites_to_the_full_path(value):
+    assert storable_json({"v": value}) is None
