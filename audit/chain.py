@@ -124,6 +124,10 @@ def storable_json(value: Any) -> str | None:
     return text
 
 
+# PostgreSQL's to_char() pattern for `format_time`'s text, for readers that let the database format the time.
+PG_TIME_FORMAT = 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'
+
+
 def format_time(moment: dt.datetime) -> str:
     """UTC with microseconds, the form that is hashed."""
     return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -133,7 +137,8 @@ def event_document(event: Any) -> dict[str, Any]:
     """The hashed fields of an event, given as a model instance, a mapping or a tuple of column values.
 
     A tuple holds the values in HASHED_FIELDS order (trailing extra values are ignored); anything else
-    that is not a mapping is read by attribute, like a model instance.
+    that is not a mapping is read by attribute, like a model instance. `occurred_at` is a datetime, or text
+    already in `format_time`'s form (the chainer has PostgreSQL format it with PG_TIME_FORMAT).
     """
     if isinstance(event, tuple):
         if len(event) < len(HASHED_FIELDS):
@@ -144,7 +149,8 @@ def event_document(event: Any) -> dict[str, Any]:
     else:
         document = {name: getattr(event, name) for name in HASHED_FIELDS}
     document["id"] = str(document["id"])
-    document["occurred_at"] = format_time(document["occurred_at"])
+    occurred_at = document["occurred_at"]
+    document["occurred_at"] = occurred_at if isinstance(occurred_at, str) else format_time(occurred_at)
     return document
 
 

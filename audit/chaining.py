@@ -42,7 +42,7 @@ import psycopg
 from django.conf import settings
 from django.db import DatabaseError, connections, router, transaction
 
-from audit.chain import HASHED_FIELDS, chain_hash, event_document
+from audit.chain import HASHED_FIELDS, PG_TIME_FORMAT, chain_hash, event_document
 from audit.forwarding import schedule_forwarding
 from audit.models import AuditChainHead, AuditEvent, AuditPendingEvent
 from portal.background import CoalescingWorkers
@@ -176,9 +176,11 @@ def _postgresql_statements(connection: Any) -> tuple[str, str]:
         quote = connection.ops.quote_name
         pending, events = AuditPendingEvent._meta.db_table, AuditEvent._meta.db_table
         columns = [quote(AuditPendingEvent._meta.get_field(name).column) for name in PENDING_FIELDS]
+        # The data as text (parsed here, as verification parses it) and the time already in the hashed form
+        # (parsing a timestamp and formatting it again cost a third of the chainer's CPU per event).
+        read_as = {"data": "{}::text", "occurred_at": f"to_char({{}} AT TIME ZONE 'UTC', '{PG_TIME_FORMAT}')"}
         selected = ", ".join(
-            f"{column}::text" if name == "data" else column
-            for name, column in zip(PENDING_FIELDS, columns, strict=True)
+            read_as.get(name, "{}").format(column) for name, column in zip(PENDING_FIELDS, columns, strict=True)
         )
         _PG_SQL["read"] = (
             f"SELECT id, event_id::text, {selected} FROM {pending} "  # noqa: S608

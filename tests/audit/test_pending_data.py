@@ -116,3 +116,23 @@ def test_every_trigger_and_every_secret_key_sends_the_data_down_the_masking_path
 )
 def test_storable_json_leaves_what_normalize_rewrites_to_the_full_path(value):
     assert storable_json({"v": value}) is None
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    "moment",
+    [
+        dt.datetime(2026, 11, 29, 3, 0, tzinfo=dt.UTC),
+        dt.datetime(2026, 1, 2, 3, 4, 5, 999999, tzinfo=dt.UTC),
+        dt.datetime(2026, 6, 30, 23, 59, 59, 7, tzinfo=dt.timezone(dt.timedelta(hours=-5))),
+    ],
+    ids=["whole-second", "last-microsecond", "other-time-zone"],
+)
+def test_postgresql_formats_the_time_as_the_hash_rule_does(moment):
+    from django.db import connection
+
+    from audit.chain import PG_TIME_FORMAT, format_time
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT to_char(%s::timestamptz AT TIME ZONE 'UTC', '{PG_TIME_FORMAT}')", [moment])
+        assert cursor.fetchone()[0] == format_time(moment)
