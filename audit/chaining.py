@@ -115,7 +115,7 @@ def _chain_batch(organization_id: int, *, limit: int, wait: bool) -> int | None:
         if connection.vendor != "postgresql":
             return _chain_batch_orm(alias, organization_id, limit)
         key = (_LOCK_NAMESPACE << 32) | (organization_id & 0xFFFFFFFF)
-        with _driver_cursor(connection) as cursor, connection.wrap_database_errors:
+        with connection.wrap_database_errors, _driver_cursor(connection) as cursor:
             if wait:
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", [key])
             else:
@@ -298,7 +298,7 @@ def chain_every_organization(*, limit: int = BATCH_LIMIT) -> int:
 def _chain_many_postgresql(connection: Any, limit: int) -> tuple[int, list[int]]:
     """One transaction over every organization with pending events whose lock is free: (events, organizations)."""
     read, move = _postgresql_statements(connection)
-    with _driver_cursor(connection) as cursor, connection.wrap_database_errors:
+    with connection.wrap_database_errors, _driver_cursor(connection) as cursor:
         cursor.execute(_PG_SQL["organizations"])
         candidates = [row[0] for row in cursor.fetchall()]
         if not candidates:
@@ -375,7 +375,7 @@ def run_chainer(*, stop: threading.Event, idle_seconds: float | None = None) -> 
     """The dedicated chainer (`manage.py audit chainer`): chain every organization's pending events until `stop`.
 
     Polls: a round that chained fewer than BUSY_ROUND_EVENTS sleeps `idle_seconds` (the debounce, 50 ms, by
-    default), so events wait at most about that long; a round that found a full backlog goes again at once.
+    default), so events wait at most about that long; a round of more goes again at once.
     Waiting after small rounds too makes a steady stream of events arrive in batches of hundreds rather than
     dozens: each round costs the same few statements and a commit whatever its size (measured with 8 writers:
     75 events a round without the wait, 480 with it, and a third less CPU per event in the chainer).

@@ -169,6 +169,8 @@ def prepare_event_json(*, organization_id: int, action: str, data: dict[str, Any
     (`storable_json`) and that holds none of the secret patterns' triggers nor a secret key's name
     (`may_hold_secrets`, a conservative test over the whole text) is stored as that text, in one pass. Else it
     is `prepare_event_data` then `normalize`, as for every other writer; the database keeps the same value.
+    On the one-pass path the value returned is the caller's own `data` (not a normalized copy): only the text
+    is stored and hashed.
     """
     if policy_for(organization_id).content_policy == ContentPolicy.FULL:
         text = storable_json(data)

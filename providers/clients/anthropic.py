@@ -44,6 +44,7 @@ from providers.clients.openai_compatible import (
     pooled_client,
     provider_api_key,
     sdk_timeout,
+    token_count,
 )
 
 if TYPE_CHECKING:
@@ -199,9 +200,9 @@ class _Blocks:
     def __init__(self) -> None:
         self.tools: dict[int, dict[str, Any]] = {}
 
-    def start(self, index: int, block: dict[str, Any]) -> None:
+    def start(self, index: int, *, call_id: str, name: str) -> None:
         """Open a tool_use block."""
-        self.tools[index] = {"id": str(block.get("id") or ""), "name": str(block.get("name") or ""), "fragments": []}
+        self.tools[index] = {"id": call_id, "name": name, "fragments": []}
 
     def extend(self, index: int, partial_json: str) -> None:
         """Add one fragment of a tool_use block's input."""
@@ -230,10 +231,9 @@ class _Thinking:
     def __init__(self) -> None:
         self.slots: dict[int, dict[str, Any]] = {}
 
-    def start(self, index: int, block: dict[str, Any]) -> None:
+    def start(self, index: int, *, text: str, signature: str) -> None:
         """Open a thinking block (its text may start in the opening event)."""
-        text = block.get("thinking") or ""
-        self.slots[index] = {"parts": [text] if text else [], "signature": block.get("signature") or ""}
+        self.slots[index] = {"parts": [text] if text else [], "signature": signature}
 
     def extend(self, index: int, text: str) -> None:
         """Add one `thinking_delta` to a thinking block."""
@@ -283,8 +283,8 @@ class _Tokens:
         self.seen = True
         for name in self.values:
             value = usage.get(name)
-            if isinstance(value, int):
-                self.values[name] = value
+            if value is not None:
+                self.values[name] = token_count(value)
 
     def usage(self) -> Usage:
         """The neutral Usage."""
@@ -295,6 +295,24 @@ class _Tokens:
             cache_read_tokens=v["cache_read_input_tokens"],
             cache_write_tokens=v["cache_creation_input_tokens"],
         )
+
+
+def _text(mapping: dict[str, Any], key: str) -> str:
+    """A text field of a streamed event ("" when absent); TypeError (not a Messages stream) when not text."""
+    value = mapping.get(key)
+    if value is None:
+        return ""
+    if type(value) is not str:
+        raise TypeError(f"{key} is not text")
+    return value
+
+
+def _index(event: dict[str, Any]) -> int:
+    """A content block's index; TypeError (not a Messages stream) when it is missing or not an integer."""
+    index = event.get("index")
+    if type(index) is not int:
+        raise TypeError("index is not an integer")
+    return index
 
 
 def _not_a_stream(context: ErrorContext) -> ModelCallError:
@@ -370,31 +388,34 @@ async def stream(
                     delta = event["delta"]
                     delta_kind = delta.get("type")
                     if delta_kind == "text_delta":
-                        text = delta.get("text")
+                        text = _text(delta, "text")
                         if text:
-                            yield TextDelta(str(text))
+                            yield TextDelta(text)
                     elif delta_kind == "thinking_delta":
-                        text = delta.get("thinking")
+                        text = _text(delta, "thinking")
                         if text:
-                            thinking.extend(event["index"], str(text))
-                            yield ReasoningDelta(str(text))
+                            thinking.extend(_index(event), text)
+                            yield ReasoningDelta(text)
                     elif delta_kind == "input_json_delta":
-                        blocks.extend(event["index"], delta.get("partial_json") or "")
+                        blocks.extend(_index(event), _text(delta, "partial_json"))
                     elif delta_kind == "signature_delta":
-                        thinking.sign(event["index"], str(delta.get("signature") or ""))
+                        thinking.sign(_index(event), _text(delta, "signature"))
                 elif kind == "content_block_start":
                     block = event["content_block"]
                     block_kind = block.get("type")
                     if block_kind == "tool_use":
-                        blocks.start(event["index"], block)
-                    elif block_kind == "text" and block.get("text"):
-                        yield TextDelta(str(block["text"]))
+                        blocks.start(_index(event), call_id=_text(block, "id"), name=_text(block, "name"))
+                    elif block_kind == "text":
+                        text = _text(block, "text")
+                        if text:
+                            yield TextDelta(text)
                     elif block_kind == "thinking":
-                        thinking.start(event["index"], block)
-                        if block.get("thinking"):
-                            yield ReasoningDelta(str(block["thinking"]))
+                        text = _text(block, "thinking")
+                        thinking.start(_index(event), text=text, signature=_text(block, "signature"))
+                        if text:
+                            yield ReasoningDelta(text)
                     elif block_kind == "redacted_thinking":
-                        thinking.redacted(event["index"], str(block.get("data") or ""))
+                        thinking.redacted(_index(event), _text(block, "data"))
                 elif kind == "message_start":
                     tokens.update((event.get("message") or {}).get("usage"))
                 elif kind == "message_delta":

@@ -323,7 +323,9 @@ async def stream(
                                 for fragment in tool_calls:
                                     calls.add(fragment)
                         if content:
-                            yield TextDelta(content if type(content) is str else str(content))
+                            if type(content) is not str:
+                                raise TypeError("content is not text")
+                            yield TextDelta(content)
                     if choice.get("finish_reason"):
                         finish_reason = str(choice["finish_reason"])
             except (AttributeError, TypeError):  # a field of the wrong shape
@@ -364,20 +366,20 @@ def request_options(kind: str, model: LanguageModel) -> dict[str, Any]:
 def _usage(usage: dict[str, Any]) -> Usage:
     """Neutral usage from the wire's usage object: prompt tokens read from the cache are counted apart."""
     details = usage.get("prompt_tokens_details")
-    cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
-    prompt = _count(usage.get("prompt_tokens"))
+    cached = token_count(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    prompt = token_count(usage.get("prompt_tokens"))
     return Usage(
         input_tokens=max(0, prompt - cached),
-        output_tokens=_count(usage.get("completion_tokens")),
+        output_tokens=token_count(usage.get("completion_tokens")),
         cache_read_tokens=cached,
     )
 
 
-def _count(value: Any) -> int:
-    """A token count from the wire; 0 where a server sent none or nonsense."""
+def token_count(value: Any) -> int:
+    """A token count from the wire; 0 where a server sent none or nonsense (text, a list, an infinity)."""
     try:
         return max(0, int(value or 0))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return 0
 
 

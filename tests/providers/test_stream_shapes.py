@@ -74,7 +74,7 @@ async def test_reasoning_content_beside_a_null_content_becomes_reasoning_then_te
 
 
 async def test_nonsense_token_counts_count_as_zero_instead_of_failing_the_turn(chat_model, raw_server):
-    usage = {"prompt_tokens": "many", "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": None}}
+    usage = {"prompt_tokens": "many", "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 1e400}}
     raw_server.enqueue({"frames": [sse(chat_chunk({"content": "Hi"}, "stop")), sse({"choices": [], "usage": usage})]})
     events = await collect(chat_model)
     assert Usage(input_tokens=0, output_tokens=3) in events
@@ -87,8 +87,9 @@ async def test_nonsense_token_counts_count_as_zero_instead_of_failing_the_turn(c
         sse([1, 2, 3]),
         sse({"id": "c1", "choices": [{"index": 0, "delta": {"tool_calls": [7]}}]}),
         sse("<html>not json</html>"),
+        sse(chat_chunk({"content": ["a", "b"]})),
     ],
-    ids=["choices-not-a-list", "json-array", "tool-call-not-an-object", "not-json"],
+    ids=["choices-not-a-list", "json-array", "tool-call-not-an-object", "not-json", "content-not-text"],
 )
 async def test_a_chunk_of_the_wrong_shape_fails_the_turn_with_a_clear_message(chat_model, raw_server, frame):
     raw_server.enqueue({"frames": [sse(chat_chunk({"content": "Hi"})), frame]})
@@ -112,11 +113,41 @@ async def test_an_error_event_mid_stream_is_reported_with_the_servers_message(ch
         ),
         sse({"type": "content_block_start", "index": 0, "content_block": "text"}, "content_block_start"),
         sse(["message_start"], "message_start"),
+        sse(
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": 5}},
+            "content_block_delta",
+        ),
+        sse(
+            {
+                "type": "content_block_start",
+                "index": "1",
+                "content_block": {"type": "tool_use", "id": "t", "name": "x"},
+            },
+            "content_block_start",
+        ),
+        sse(
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": 1}},
+            "content_block_start",
+        ),
+        sse(
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": ["a"]}},
+            "content_block_delta",
+        ),
     ],
-    ids=["delta-without-index", "block-not-an-object", "json-array"],
+    ids=[
+        "delta-without-index",
+        "block-not-an-object",
+        "json-array",
+        "partial-json-not-text",
+        "index-not-an-integer",
+        "thinking-not-text",
+        "text-not-text",
+    ],
 )
 async def test_an_anthropic_event_of_the_wrong_shape_fails_the_turn_with_a_clear_message(claude, raw_server, frame):
-    raw_server.enqueue({"frames": [frame]})
+    start = {"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "t", "name": "x"}}
+    stop = sse({"type": "message_stop"}, "message_stop")
+    raw_server.enqueue({"frames": [sse(start, "content_block_start"), frame, stop]})
     with pytest.raises(ModelCallError) as error:
         await collect(claude)
     assert "is not a Messages API stream" in str(error.value)
