@@ -297,6 +297,11 @@ class _Tokens:
         )
 
 
+# Request options beyond the headers: the tracing span names the SDK's messages.create() passes (keys the
+# SDK reads but does not type).
+_OPTIONS: dict[str, Any] = {"span_name": "anthropic.messages.create", "span_route": "/v1/messages"}
+
+
 def _text(mapping: dict[str, Any], key: str) -> str:
     """A text field of a streamed event ("" when absent); TypeError (not a Messages stream) when not text."""
     value = mapping.get(key)
@@ -359,7 +364,7 @@ async def stream(
             cast_to=object,
             stream=True,
             stream_cls=anthropic.AsyncStream[object],
-            options={"headers": headers},
+            options=_OPTIONS | {"headers": headers},
         )
     except TRANSPORT_ERRORS as exc:
         raise context.translate(exc, mid_stream=False) from None
