@@ -189,7 +189,10 @@ def mask_secrets(value: Any, *, key: str | None = None) -> Any:
         return {name: mask_secrets(item, key=name if isinstance(name, str) else None) for name, item in value.items()}
     if isinstance(value, list | tuple):
         return [mask_secrets(item) for item in value]
-    return value
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    # Anything else (bytes, a set, an exception, a datetime) is stored as its text: mask that text.
+    return mask_secrets(str(value), key=key)
 
 
 def _screening_words() -> tuple[str, ...]:

@@ -45,6 +45,11 @@ SAMPLES = {
     "non-ascii": {"text": "Grüße, 東京 🚀"},
     "integer-keys": {1: "one", 2: {"3": "three"}},
     "backslash-u0000-typed": {"text": "a literal \\u0000 in a path"},
+    "secrets-in-values-stored-as-text": {
+        "raw": b"password=hunter2hunter2",
+        "tags": {"sk-ant-api03-abcdefghijklmnopqrstuvwxyz0123"},
+        "api_key": b"abc-def-ghi-jkl",
+    },
 }
 
 POLICIES = {
@@ -89,6 +94,22 @@ def test_batched_and_immediate_chaining_store_the_same_data(twin_orgs, sample, p
 
     assert batched.data == immediate.data
     assert verify_chain(organization=batched_org).ok and verify_chain(organization=immediate_org).ok
+
+
+def test_secrets_in_values_stored_as_their_text_are_masked(org):
+    event = record(
+        action="model.call",
+        actor=SystemActor(),
+        organization=org,
+        data={
+            "raw": b"password=hunter2hunter2",
+            "tags": {"sk-ant-api03-abcdefghijklmnopqrstuvwxyz0123"},
+            "api_key": b"x",
+        },
+    )
+    text = str(AuditEvent.objects.get(pk=event.pk).data)
+    assert "hunter2" not in text and "abcdefghijklmnopqrstuvwxyz" not in text and "b'x'" not in text
+    assert "[REDACTED:password]" in text and "[REDACTED:anthropic_key]" in text and "[REDACTED:secret]" in text
 
 
 def test_a_secret_never_reaches_the_pending_table_or_the_chain(org, settings):
