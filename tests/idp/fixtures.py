@@ -128,11 +128,15 @@ def _abort_link(page: str) -> str:
     return unescape(match.group(1))
 
 
+class _ExitedEarly(RuntimeError):
+    """The provider process exited before it answered (most likely its port was taken meanwhile)."""
+
+
 def _wait_until_ready(issuer: str, process: subprocess.Popen, log: Path, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the test IdP exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+            raise _ExitedEarly(f"the test IdP exited with {process.returncode}:\n{log.read_text()[-4000:]}")
         try:
             if requests.get(f"{issuer}/.well-known/openid-configuration", timeout=1).status_code == 200:
                 return
@@ -141,42 +145,63 @@ def _wait_until_ready(issuer: str, process: subprocess.Popen, log: Path, timeout
     raise RuntimeError(f"the test IdP did not answer within {timeout}s:\n{log.read_text()[-4000:]}")
 
 
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
 @pytest.fixture(scope="session")
 def oidc_idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestIdentityProvider]:
-    """A real OpenID Connect provider on 127.0.0.1 with one client (the portal) and one account."""
+    """A real OpenID Connect provider on 127.0.0.1 with one client (the portal) and one account.
+
+    The free port is picked before node binds it, so another process may take it in between: then the provider
+    exits at once and is started again on another port (three tries).
+    """
     ensure_node_modules()
-    port = free_port()
-    idp = TestIdentityProvider(
-        issuer=f"http://127.0.0.1:{port}",
-        client_id="airlock-portal",
-        client_secret=f"idp-client-secret-{secrets.token_urlsafe(24)}",
-        provider_id=PROVIDER_ID,
-        provider_name=PROVIDER_NAME,
-        account_id=ACCOUNT_ID,
-        log=tmp_path_factory.mktemp("idp") / "idp.log",
-    )
+    client_secret = f"idp-client-secret-{secrets.token_urlsafe(24)}"
+    log = tmp_path_factory.mktemp("idp") / "idp.log"
     env = {
         **os.environ,
-        "IDP_CLIENT_ID": idp.client_id,
-        "IDP_CLIENT_SECRET": idp.client_secret,
+        "IDP_CLIENT_ID": "airlock-portal",
+        "IDP_CLIENT_SECRET": client_secret,
         "IDP_REDIRECT_URIS": f"{PORTAL_ORIGIN}/accounts/oidc/{PROVIDER_ID}/login/callback/",
         "IDP_ACCOUNT_ID": ACCOUNT_ID,
         "IDP_ACCOUNT_EMAIL": ACCOUNT_EMAIL,
     }
-    with idp.log.open("w") as log_file:
-        process = subprocess.Popen(
-            ["node", "server.mjs", str(port)], cwd=IDP_DIR, env=env, stdout=log_file, stderr=subprocess.STDOUT
+    for attempt in range(3):
+        port = free_port()
+        idp = TestIdentityProvider(
+            issuer=f"http://127.0.0.1:{port}",
+            client_id="airlock-portal",
+            client_secret=client_secret,
+            provider_id=PROVIDER_ID,
+            provider_name=PROVIDER_NAME,
+            account_id=ACCOUNT_ID,
+            log=log,
         )
+        with log.open("w") as log_file:
+            process = subprocess.Popen(
+                ["node", "server.mjs", str(port)], cwd=IDP_DIR, env=env, stdout=log_file, stderr=subprocess.STDOUT
+            )
+        try:
+            _wait_until_ready(idp.issuer, process, log)
+        except _ExitedEarly:
+            _stop(process)
+            if attempt == 2:
+                raise
+            continue
+        except BaseException:
+            _stop(process)
+            raise
+        break
     try:
-        _wait_until_ready(idp.issuer, process, idp.log)
         yield idp
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        _stop(process)
 
 
 @pytest.fixture
