@@ -40,6 +40,7 @@ from providers.clients.base import (
 from providers.clients.openai_compatible import (
     NO_KEY,
     ErrorContext,
+    decoded_stream,
     key_digest,
     pooled_client,
     provider_api_key,
@@ -320,14 +321,6 @@ def _index(event: dict[str, Any]) -> int:
     return index
 
 
-def _not_a_stream(context: ErrorContext) -> ModelCallError:
-    """The error for a body that is not a Messages API stream (usually a base URL pointing elsewhere)."""
-    return ModelCallError(
-        f"{context.host} sent something that is not a Messages API stream: is the base URL right "
-        "(for Anthropic it has no /v1 at the end)?"
-    )
-
-
 async def stream(
     *,
     provider: Provider,
@@ -341,7 +334,15 @@ async def stream(
     """One streamed Messages API call, as neutral events."""
     api_key = provider_api_key(provider)
     base_url = provider.base_url or ANTHROPIC_BASE_URL
-    context = ErrorContext(provider=provider, model=model, api_key=api_key, base_url=base_url, sdk=anthropic)
+    context = ErrorContext(
+        provider=provider,
+        model=model,
+        api_key=api_key,
+        base_url=base_url,
+        sdk=anthropic,
+        protocol="Messages API",
+        base_url_hint="for Anthropic it has no /v1 at the end",
+    )
     client = await client_for(base_url=base_url, api_key=api_key or NO_KEY)
     system_prompt, wire = wire_messages(system, messages)
     options = request_options(model)
@@ -353,21 +354,14 @@ async def stream(
     if tools:
         request["tools"] = wire_tools(tools)
     request.update(request.pop("extra_body", None) or {})
-    headers = request_headers(provider, correlation)
-    try:
-        # As in the Chat Completions adapter: the SDK sends the request and decodes the events (raising the
-        # stream's `error` events as status errors), and hands over each event's decoded JSON (`cast_to=object`)
-        # instead of building a pydantic event the adapter would throw away (about 15 µs per token).
-        response = await client.post(
-            "/v1/messages",
-            body=request,
-            cast_to=object,
-            stream=True,
-            stream_cls=anthropic.AsyncStream[object],
-            options=_OPTIONS | {"headers": headers},
-        )
-    except TRANSPORT_ERRORS as exc:
-        raise context.translate(exc, mid_stream=False) from None
+    response = await decoded_stream(
+        client,
+        context=context,
+        path="/v1/messages",
+        body=request,
+        options=_OPTIONS | {"headers": request_headers(provider, correlation)},
+        errors=TRANSPORT_ERRORS,
+    )
 
     blocks = _Blocks()
     thinking = _Thinking()
@@ -384,9 +378,9 @@ async def stream(
             except TRANSPORT_ERRORS as exc:
                 raise failed_mid_stream(hooks, context.translate(exc, mid_stream=True)) from None
             except (ValueError, TypeError):  # data that is not JSON
-                raise failed_mid_stream(hooks, _not_a_stream(context)) from None
+                raise failed_mid_stream(hooks, context.not_a_stream()) from None
             if type(event) is not dict:
-                raise failed_mid_stream(hooks, _not_a_stream(context))
+                raise failed_mid_stream(hooks, context.not_a_stream())
             try:
                 kind = event.get("type")
                 if kind == "content_block_delta":
@@ -431,7 +425,7 @@ async def stream(
                 elif kind == "message_stop":
                     finished = True
             except (AttributeError, TypeError, KeyError):  # a field missing or of the wrong shape
-                raise failed_mid_stream(hooks, _not_a_stream(context)) from None
+                raise failed_mid_stream(hooks, context.not_a_stream()) from None
 
     if not finished and stop_reason is None:
         raise failed_mid_stream(

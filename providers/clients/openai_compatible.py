@@ -272,21 +272,14 @@ async def stream(
     if tools:
         request["tools"] = wire_tools(tools)
     request.update(request_options(provider.kind, model))
-    headers = request_headers(provider, correlation)
-    try:
-        # The SDK sends the request (auth, Azure's deployment path, timeouts, status errors) and decodes the
-        # server-sent events, but hands over each chunk as its decoded JSON (`cast_to=object`) instead of building
-        # a pydantic ChatCompletionChunk: that costs about 65 µs per token, which the adapter would throw away.
-        response = await client.post(
-            "/chat/completions",
-            body=request,
-            cast_to=object,
-            stream=True,
-            stream_cls=openai.AsyncStream[object],
-            options={"headers": headers, "security": {"bearer_auth": True}},
-        )
-    except TRANSPORT_ERRORS as exc:
-        raise context.translate(exc, mid_stream=False) from None
+    response = await decoded_stream(
+        client,
+        context=context,
+        path="/chat/completions",
+        body=request,
+        options={"headers": request_headers(provider, correlation), "security": {"bearer_auth": True}},
+        errors=TRANSPORT_ERRORS,
+    )
 
     calls = _Calls()
     finish_reason: str | None = None
@@ -348,6 +341,35 @@ async def stream(
     yield TurnEnd(stop_reason=_stop_reason(finish_reason, bool(requests)))
 
 
+async def decoded_stream(
+    client: Any,
+    *,
+    context: ErrorContext,
+    path: str,
+    body: dict[str, Any],
+    options: dict[str, Any],
+    errors: tuple[type[BaseException], ...],
+) -> Any:
+    """Send a streamed request through the SDK client and get its events as decoded JSON (openai, anthropic).
+
+    The SDK sends the request (auth, Azure's deployment path, timeouts, status errors) and decodes the
+    server-sent events, raising a stream's `error` events; with `cast_to=object` it hands over each event's
+    JSON instead of building a pydantic object that the adapter would throw away (65 µs per Chat Completions
+    chunk, 15 µs per Anthropic event). A failure to open (one of `errors`) leaves as a ModelCallError.
+    """
+    try:
+        return await client.post(
+            path,
+            body=body,
+            cast_to=object,
+            stream=True,
+            stream_cls=context.sdk.AsyncStream[object],
+            options=options,
+        )
+    except errors as exc:
+        raise context.translate(exc, mid_stream=False) from None
+
+
 def request_options(kind: str, model: LanguageModel) -> dict[str, Any]:
     """The model's options as Chat Completions parameters: temperature, reasoning effort, output limit."""
     options = model.options if isinstance(model.options, dict) else {}
@@ -387,7 +409,7 @@ class ErrorContext:
     """Turns SDK and transport errors into ModelCallErrors that say what to do, without secrets.
 
     `sdk` is the vendor SDK module whose exception classes to recognise (openai or anthropic: both SDKs share
-    the same error hierarchy).
+    the same error hierarchy); `protocol` and `base_url_hint` word the error for a body that is no such stream.
     """
 
     def __init__(
@@ -398,11 +420,15 @@ class ErrorContext:
         api_key: str,
         base_url: str | None = None,
         sdk: ModuleType = openai,
+        protocol: str = "Chat Completions",
+        base_url_hint: str = "it usually ends in /v1",
     ) -> None:
         self.provider = provider
         self.model = model
         self.api_key = api_key
         self.sdk = sdk
+        self.protocol = protocol
+        self.base_url_hint = base_url_hint
         self.host = endpoint_host(provider.base_url if base_url is None else base_url)
 
     def scrub(self, text: str) -> str:
@@ -414,10 +440,10 @@ class ErrorContext:
         return text[:VENDOR_MESSAGE_CHARS] + ("..." if len(text) > VENDOR_MESSAGE_CHARS else "")
 
     def not_a_stream(self) -> ModelCallError:
-        """The error for a body that is not a Chat Completions stream (usually a base URL pointing elsewhere)."""
+        """The error for a body that is not a stream of the protocol (usually a base URL pointing elsewhere)."""
         return ModelCallError(
-            f"{self.host} sent something that is not a Chat Completions stream: is the base URL right "
-            "(it usually ends in /v1)?"
+            f"{self.host} sent something that is not a {self.protocol} stream: is the base URL right "
+            f"({self.base_url_hint})?"
         )
 
     def vendor_message(self, exc: Any) -> str:
