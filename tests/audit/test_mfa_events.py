@@ -38,10 +38,11 @@ def fresh_cache() -> Iterator[None]:
 def totp_code(secret: str) -> str:
     """The code an authenticator app shows now, computed with allauth's own TOTP helper.
 
-    Waits for the next time step when this one is about to end, so that the code is still valid when posted.
+    Waits for the next time step when this one ends within 5 s, so that the code is still valid when posted
+    (allauth accepts no neighbouring step).
     """
     period = mfa_settings.TOTP_PERIOD
-    if period - time.time() % period < 2:
+    if period - time.time() % period < 5:
         time.sleep(period - time.time() % period + 0.05)
     return format_hotp_value(hotp_value(secret, int(time.time()) // period))
 
