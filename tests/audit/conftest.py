@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,16 +13,31 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.core.cache import cache
 from django.db import connection
 
 from audit import record
 from audit.context import bound
-from audit.models import AuditEvent, Outcome
+from audit.models import AuditEvent, AuditPendingEvent, Outcome
 from audit.services import AgentActor, SystemActor
 from organizations.models import Organization
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SESSION_ID = "5f1c7a52-7d65-4f1b-9a5e-2d0c9d1f0a11"
+
+
+@pytest.fixture
+def fresh_cache() -> Iterator[None]:
+    """allauth keeps rate limits and used TOTP codes in the cache: a test must not inherit another's."""
+    cache.clear()
+    yield
+    cache.clear()
+
+
+def everything_stored() -> str:
+    """Every audit row, chained and pending, as one text (to show that a secret is in none of them)."""
+    rows = list(AuditEvent.objects.values()) + list(AuditPendingEvent.objects.values())
+    return json.dumps(rows, default=str)
 
 
 @contextmanager

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 from django.test import Client
 
 from audit.models import AuditEvent
 from organizations.models import Role
+from tests.audit.conftest import everything_stored
 from tests.factories import UserFactory, make_member
 
 ORIGIN = {"REMOTE_ADDR": "203.0.113.7", "HTTP_USER_AGENT": "Mozilla/5.0 (AuditTest)"}
-
-
-def _everything_stored() -> str:
-    return json.dumps(list(AuditEvent.objects.values()), default=str)
 
 
 def _sign_in(client: Client, username: str, password: str):
@@ -31,7 +27,7 @@ def test_sign_in_is_audited_with_method_address_and_browser(org, agents_user):
     assert (event.source_ip, event.user_agent) == ("203.0.113.7", "Mozilla/5.0 (AuditTest)")
     assert event.request_id == response["X-Request-Id"]
     assert event.data == {"username": "alice", "method": "password"}
-    assert "pw-alice" not in _everything_stored()
+    assert "pw-alice" not in everything_stored()
 
 
 def test_sign_in_is_written_into_every_organization_of_the_user_with_one_request_id(org, other_org, agents_user):
@@ -69,7 +65,7 @@ def test_failed_sign_in_names_the_username_tried_and_never_the_password(org, age
     assert event.user_agent == "Mozilla/5.0 (AuditTest)"
     assert event.data["username_tried"] == "alice"
     assert event.error
-    assert "Wr0ng-Secret-Guess" not in _everything_stored()
+    assert "Wr0ng-Secret-Guess" not in everything_stored()
     assert not AuditEvent.objects.filter(action="auth.login").exists()
 
 

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 from allauth.mfa import app_settings as mfa_settings
 from allauth.mfa.models import Authenticator
 from allauth.mfa.totp.internal.auth import format_hotp_value, hotp_value
-from django.core.cache import cache
 from django.test import Client
 
-from audit.models import AuditEvent, AuditPendingEvent
+from audit.models import AuditEvent
+from tests.audit.conftest import everything_stored
 
 ORIGIN = {"REMOTE_ADDR": "203.0.113.9", "HTTP_USER_AGENT": "Mozilla/5.0 (MfaTest)"}
+pytestmark = pytest.mark.usefixtures("fresh_cache")  # allauth keeps rate limits and used codes there
 
 
 @dataclass
@@ -25,14 +24,6 @@ class Enrolment:
 
     secret: str
     recovery_codes: list[str]
-
-
-@pytest.fixture(autouse=True)
-def fresh_cache() -> Iterator[None]:
-    """allauth keeps rate limits and used TOTP codes in the cache: a test must not inherit another's."""
-    cache.clear()
-    yield
-    cache.clear()
 
 
 def totp_code(secret: str) -> str:
@@ -51,11 +42,6 @@ def a_wrong_code(secret: str) -> str:
     """A well-formed code that is not the current one."""
     right = int(totp_code(secret))
     return format_hotp_value((right + 1) % 10**mfa_settings.TOTP_DIGITS)
-
-
-def _everything_stored() -> str:
-    rows = list(AuditEvent.objects.values()) + list(AuditPendingEvent.objects.values())
-    return json.dumps(rows, default=str)
 
 
 def sign_in_with_password(client: Client, username: str) -> None:
@@ -181,7 +167,7 @@ def test_totp_secret_and_recovery_codes_never_reach_the_audit_log(org, agents_us
 
     actions = set(AuditEvent.objects.values_list("action", flat=True))
     assert {"auth.mfa_added", "auth.mfa_failed", "auth.login", "auth.mfa_removed"} <= actions
-    stored = _everything_stored()
+    stored = everything_stored()
     assert enrolment.secret not in stored
     assert enrolment.secret.lower() not in stored.lower()
     for code in enrolment.recovery_codes:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -11,27 +10,15 @@ from pathlib import Path
 
 import pytest
 from allauth.socialaccount.models import SocialAccount
-from django.core.cache import cache
 from django.test import Client
 
-from audit.models import AuditEvent, AuditPendingEvent
+from audit.models import AuditEvent
+from tests.audit.conftest import everything_stored
 from tests.idp.fixtures import TestIdentityProvider, portal_path
 
 ROOT = Path(__file__).resolve().parents[2]
 ORIGIN = {"REMOTE_ADDR": "203.0.113.21", "HTTP_USER_AGENT": "Mozilla/5.0 (SsoTest)"}
-
-
-@pytest.fixture(autouse=True)
-def fresh_cache():
-    """allauth keeps rate limits in the cache: a test must not inherit another's."""
-    cache.clear()
-    yield
-    cache.clear()
-
-
-def _everything_stored() -> str:
-    rows = list(AuditEvent.objects.values()) + list(AuditPendingEvent.objects.values())
-    return json.dumps(rows, default=str)
+pytestmark = pytest.mark.usefixtures("fresh_cache")  # allauth keeps rate limits and used codes there
 
 
 def link_identity(user, idp: TestIdentityProvider) -> SocialAccount:
@@ -74,7 +61,7 @@ def test_sso_sign_in_of_an_org_member_is_audited_with_method_and_provider(org, a
         "provider_name": sso.provider_name,
     }
     assert (event.source_ip, event.user_agent) == ("203.0.113.21", "Mozilla/5.0 (SsoTest)")
-    assert sso.client_secret not in _everything_stored()
+    assert sso.client_secret not in everything_stored()
     assert sso.client_secret not in caplog.text
     assert all(sso.client_secret not in str(record.args) for record in caplog.records)
 
@@ -94,7 +81,7 @@ def test_a_signed_in_user_links_an_identity_after_confirming_the_password_and_it
     assert (linked.actor_display, linked.outcome, linked.auth_method) == ("alice", "success", "sso")
     assert linked.data["provider"] == sso.provider_id
     assert linked.data["subject"] == sso.account_id
-    assert sso.client_secret not in _everything_stored()
+    assert sso.client_secret not in everything_stored()
 
     # The linked identity now signs alice in.
     client.post("/accounts/logout/", **ORIGIN)
@@ -167,7 +154,7 @@ def test_cancelled_sso_of_a_signed_in_user_is_audited_as_a_failure(org, agents_u
     assert failed.error
     assert (failed.source_ip, failed.user_agent) == ("203.0.113.21", "Mozilla/5.0 (SsoTest)")
     assert not SocialAccount.objects.exists()
-    assert sso.client_secret not in _everything_stored()
+    assert sso.client_secret not in everything_stored()
     assert sso.client_secret not in caplog.text
 
 
@@ -221,7 +208,7 @@ def test_a_failed_token_exchange_is_audited_for_the_signed_in_user_without_the_s
     failed = AuditEvent.objects.get(organization=org, action="auth.sso_failed")
     assert (failed.outcome, failed.data["reason"], failed.data["exception"]) == ("failure", "unknown", "OAuth2Error")
     assert not SocialAccount.objects.exists()
-    stored = _everything_stored()
+    stored = everything_stored()
     for secret in (wrong_secret, sso.client_secret):
         assert secret not in stored
         assert secret not in caplog.text
