@@ -85,8 +85,6 @@ TRANSPORT_ERRORS = (genai_errors.APIError, httpx2.HTTPError, httpx2.InvalidURL, 
 _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, OrderedDict[tuple, genai.Client]] = (
     weakref.WeakKeyDictionary()
 )
-# One step of a JSON path (RFC 9535) as streamed arguments name them: .name, [0], ['name'] or ["name"].
-_PATH_STEP = re.compile(r"""\.([^.\[\]]+)|\[(\d+)\]|\['((?:[^'\\]|\\.)*)'\]|\["((?:[^"\\]|\\.)*)"\]""")
 
 
 def _timeout_seconds() -> float:
@@ -104,7 +102,8 @@ async def client_for(*, base_url: str, api_key: str, api_version: str = "") -> g
         return client
     # retry_options stays unset: the SDK then tries once, and Airlock's retry layer decides about retrying.
     options = types.HttpOptions(base_url=base_url, timeout=timeout_ms, api_version=api_version or None)
-    client = genai.Client(api_key=api_key, http_options=options)
+    # The Gemini API with an API key, whatever GOOGLE_GENAI_USE_VERTEXAI says in the server's environment.
+    client = genai.Client(vertexai=False, api_key=api_key, http_options=options)
     pool[key] = client
     while len(pool) > MAX_CLIENTS_PER_LOOP:
         _, evicted = pool.popitem(last=False)
@@ -387,119 +386,24 @@ def _tool_call(call_id: str | None, name: str | None, arguments: Any) -> ToolCal
 
 
 class _Calls:
-    """The answer's function calls with their thought signatures, in order.
+    """The answer's function calls with their thought signatures, in order (Gemini sends each call whole).
 
-    A call usually comes whole in one part. With streamed arguments, a part with `will_continue` opens it and the
-    `partial_args` of the following parts fill it in (strings continued piece by piece) until a part without
-    `will_continue` closes it; the name, id and signature come with whichever part carries them.
+    Vertex AI can stream a call's arguments in pieces (`partial_args`), but only when the request asks for it
+    (`stream_function_call_arguments`, which the Gemini API refuses); Airlock never does.
     """
 
     def __init__(self) -> None:
         self.done: list[tuple[ToolCallRequest, bytes | None]] = []
-        self.open: dict[str, Any] | None = None
 
     def add(self, part: types.Part) -> None:
         """Take one functionCall part."""
         call = part.function_call
         assert call is not None
-        if self.open is None and not call.will_continue and not call.partial_args:
-            self.done.append((_tool_call(call.id, call.name, call.args), part.thought_signature or None))
-            return
-        slot = self.open
-        if slot is None or _starts_another_call(slot, call):
-            self._close()
-            slot = self.open = {"id": "", "name": "", "args": {}, "continued": set(), "signature": None}
-        slot["id"] = slot["id"] or call.id or ""
-        slot["name"] = slot["name"] or call.name or ""
-        slot["signature"] = slot["signature"] or part.thought_signature or None
-        if isinstance(call.args, dict):
-            slot["args"].update(call.args)
-        for partial in call.partial_args or []:
-            _apply_partial_arg(slot["args"], slot["continued"], partial)
-        if not call.will_continue:
-            self._close()
+        self.done.append((_tool_call(call.id, call.name, call.args), part.thought_signature or None))
 
     def finish(self) -> list[tuple[ToolCallRequest, bytes | None]]:
-        """Every call with its signature (a call the stream left open is taken as it stands)."""
-        self._close()
+        """Every call with its signature."""
         return self.done
-
-    def _close(self) -> None:
-        slot, self.open = self.open, None
-        if slot is not None:
-            self.done.append((_tool_call(slot["id"], slot["name"], slot["args"]), slot["signature"]))
-
-
-def _starts_another_call(slot: dict[str, Any], call: types.FunctionCall) -> bool:
-    """Whether a part names a different call than the one being streamed."""
-    other_name = call.name and slot["name"] and call.name != slot["name"]
-    return bool(other_name or (call.id and slot["id"] and call.id != slot["id"]))
-
-
-def _json_path(path: str | None) -> list[str | int] | None:
-    """The steps of a JSON path such as `$.files[0]['name']` (None when it is not one)."""
-    if not path or not path.startswith("$"):
-        return None
-    steps: list[str | int] = []
-    position = 1
-    while position < len(path):
-        match = _PATH_STEP.match(path, position)
-        if match is None:
-            return None
-        name, index, single, double = match.groups()
-        if index is not None:
-            steps.append(int(index))
-        else:
-            quoted = single if single is not None else double
-            steps.append(name if quoted is None else re.sub(r"\\(.)", r"\1", quoted))
-        position = match.end()
-    return steps or None
-
-
-def _apply_partial_arg(arguments: dict[str, Any], continued: set[str], partial: types.PartialArg) -> None:
-    """Put one streamed argument value at its JSON path; a string continues the one its path left unfinished."""
-    steps = _json_path(partial.json_path)
-    if steps is None:
-        return
-    if partial.string_value is not None:
-        value: Any = partial.string_value
-    elif partial.number_value is not None:
-        number = partial.number_value
-        value = int(number) if float(number).is_integer() else number  # as whole `args` would have it
-    elif partial.bool_value is not None:
-        value = partial.bool_value
-    elif partial.null_value is not None:
-        value = None
-    else:
-        value = "" if partial.will_continue else None  # a string whose pieces follow
-    path = str(partial.json_path)
-    node: Any = arguments
-    for step, following in zip(steps, steps[1:], strict=False):
-        if isinstance(step, int) and isinstance(node, list):
-            node.extend([None] * (step + 1 - len(node)))
-            child = node[step]
-        elif isinstance(step, str) and isinstance(node, dict):
-            child = node.get(step)
-        else:
-            return  # the path runs through a value of another type
-        if not isinstance(child, list | dict):
-            child = node[step] = [] if isinstance(following, int) else {}
-        node = child
-    last = steps[-1]
-    if isinstance(last, int) and isinstance(node, list):
-        node.extend([None] * (last + 1 - len(node)))
-        previous = node[last]
-    elif isinstance(last, str) and isinstance(node, dict):
-        previous = node.get(last)
-    else:
-        return
-    if isinstance(value, str) and path in continued and isinstance(previous, str):
-        value = previous + value
-    node[last] = value
-    if partial.will_continue:
-        continued.add(path)
-    else:
-        continued.discard(path)
 
 
 class _ErrorContext:

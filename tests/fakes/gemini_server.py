@@ -10,9 +10,7 @@ content with text), the first functionCall part of every model step must carry a
 one of the placeholders Google documents for history it did not produce), and any signature sent back must be
 one it issued; otherwise 400 INVALID_ARGUMENT. Extra turn keys: `thought_signature` (the base64 signature the
 turn issues instead of FAKE_THOUGHT_SIGNATURE), `text_signature` ("last": the last text part carries the
-signature; "separate": an empty part after it does), and per tool call `stream_arguments` (true: the call's
-arguments stream over several chunks as `partialArgs`, strings piece by piece, between an opening part with
-`willContinue` and an empty closing part, as Vertex AI's streamed function call arguments do).
+signature; "separate": an empty part after it does).
 """
 
 from __future__ import annotations
@@ -99,47 +97,6 @@ def thought_signature_error(body: dict[str, Any]) -> str | None:
             name = (calls[0]["functionCall"] or {}).get("name", "")
             return MISSING_SIGNATURE_MESSAGE.format(name=name, position=position + 1)
     return None
-
-
-def _leaves(value: Any, path: str = "$") -> list[tuple[str, Any]]:
-    """(JSON path, value) of every scalar in an arguments object, in order."""
-    if isinstance(value, dict):
-        found: list[tuple[str, Any]] = []
-        for key, item in value.items():
-            step = f".{key}" if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(key)) else f"['{key}']"
-            found += _leaves(item, path + step)
-        return found
-    if isinstance(value, list):
-        return [leaf for index, item in enumerate(value) for leaf in _leaves(item, f"{path}[{index}]")]
-    return [(path, value)]
-
-
-def _streamed_call_parts(call: dict[str, Any], signature: str | None, size: int) -> list[dict[str, Any]]:
-    """One function call as Vertex AI streams its arguments: an opening part, partialArgs parts, a closing part."""
-    opening: dict[str, Any] = {"name": call.get("name", "execute"), "willContinue": True}
-    if call.get("id"):
-        opening["id"] = call["id"]
-    parts: list[dict[str, Any]] = [{"functionCall": opening}]
-    if signature:
-        parts[0]["thoughtSignature"] = signature
-    for path, value in _leaves(call.get("arguments", {})):
-        if isinstance(value, str):
-            pieces = [value[start : start + size] for start in range(0, len(value), size)] or [""]
-            for number, piece in enumerate(pieces):
-                partial = {"jsonPath": path, "stringValue": piece}
-                if number < len(pieces) - 1:
-                    partial["willContinue"] = True
-                parts.append({"functionCall": {"partialArgs": [partial], "willContinue": True}})
-            continue
-        if isinstance(value, bool):
-            partial = {"jsonPath": path, "boolValue": value}
-        elif isinstance(value, int | float):
-            partial = {"jsonPath": path, "numberValue": value}
-        else:
-            partial = {"jsonPath": path, "nullValue": "NULL_VALUE"}
-        parts.append({"functionCall": {"partialArgs": [partial], "willContinue": True}})
-    parts.append({"functionCall": {}})
-    return parts
 
 
 def error_body(status: int, message: str | None = None, details: list[dict[str, Any]] | None = None) -> dict:
@@ -337,11 +294,6 @@ def _chunks(model: str, body: dict[str, Any], turn: dict[str, Any]) -> list[dict
         chunks.append(chunk([{"text": "", "thoughtSignature": signature}]))
     call_parts = []
     for position, call in enumerate(calls):
-        if call.get("stream_arguments"):
-            size = max(1, int(turn.get("chunk_chars") or 4))
-            streamed = _streamed_call_parts(call, signature if position == 0 else None, size)
-            chunks += [chunk([part]) for part in streamed]
-            continue
         arguments = call.get("arguments", {})
         function_call: dict[str, Any] = {"name": call.get("name", "execute"), "args": arguments}
         if call.get("id"):

@@ -112,6 +112,17 @@ async def test_text_streams_in_several_deltas_then_usage_then_end_turn(model, ge
     ]
 
 
+async def test_the_gemini_api_is_used_even_where_the_server_is_set_up_for_vertex(model, gemini, monkeypatch):
+    monkeypatch.setenv("GOOGLE_GENAI_USE_VERTEXAI", "true")
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "someone-elses-project")
+    gemini.enqueue({"text": "Hi."})
+
+    events = await collect(model)
+
+    assert events[0] == TextDelta("Hi.")
+    assert gemini.request_log[0]["path"] == "/v1/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+
+
 async def test_request_carries_the_key_header_system_prompt_tools_and_correlation(model, gemini):
     gemini.enqueue({"text": "ok"})
 

@@ -7,7 +7,6 @@ APIs do, so a second turn that succeeds here proves the reasoning made the round
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Iterator
 
 import anthropic
@@ -413,42 +412,6 @@ async def test_gemini_forged_signature_in_the_stored_reasoning_is_refused(gemini
         await collect(gemini_model, history)
 
     assert refused.value.status == 400 and "Thought signature is not valid" in str(refused.value)
-
-
-async def test_gemini_function_call_whose_arguments_stream_over_many_chunks_arrives_whole(gemini_model, gemini):
-    arguments = {
-        "command": "grep -rn 'TODO' src/ | head -50",
-        "timeout": 30,
-        "ratio": 0.5,
-        "verbose": True,
-        "cwd": None,
-        "env": {"LANG": "C.UTF-8", "weird key": "x"},
-        "paths": ["src/app.py", "src/lib.py"],
-    }
-    gemini.enqueue(
-        {
-            "text": "Searching.",
-            "tool_calls": [{"name": "execute", "arguments": arguments, "stream_arguments": True}],
-            "chunk_chars": 5,
-        },
-        {"text": "Nothing to do."},
-    )
-
-    first = await collect(gemini_model, [PROMPT])
-    [call] = only(first, ToolCallRequest)
-    second = await collect(gemini_model, tool_round(first))
-
-    assert (call.name, call.arguments) == ("execute", arguments) and call.arguments_valid
-    assert json.loads(call.raw_arguments) == arguments
-    assert first[-1] == TurnEnd("tool_use") and second[-1] == TurnEnd("end_turn")
-    [state] = only(first, ReasoningState)
-    assert state.blocks == ({"call_id": call.id, "signature": FAKE_THOUGHT_SIGNATURE},)
-    text_part, call_part = gemini.requests[1]["contents"][1]["parts"]
-    assert text_part == {"text": "Searching."}
-    assert call_part == {
-        "functionCall": {"name": "execute", "args": arguments},
-        "thoughtSignature": FAKE_THOUGHT_SIGNATURE,
-    }
 
 
 @pytest.mark.parametrize(
