@@ -180,9 +180,8 @@ def _request_context(request: HttpRequest | None) -> Any:
 
 
 def _login_method(request: HttpRequest | None, user: AbstractBaseUser, kwargs: dict[str, Any]) -> str:
-    """How allauth says the user signed in: password, sso or mfa (mfa wins when a second factor was used)."""
-    if kwargs.get("sociallogin") is not None:
-        return "sso"
+    """How allauth says the user signed in: password, sso or mfa (mfa wins when a second factor was used, also
+    after single sign-on: allauth's second-factor stage runs after a social login too)."""
     records: list[dict[str, Any]] = []
     if request is not None and hasattr(request, "session"):
         from allauth.account.authentication import get_authentication_records
@@ -191,6 +190,8 @@ def _login_method(request: HttpRequest | None, user: AbstractBaseUser, kwargs: d
     methods = [ALLAUTH_METHODS.get(str(item.get("method")), str(item.get("method"))) for item in records]
     if "mfa" in methods:
         return "mfa"
+    if kwargs.get("sociallogin") is not None:
+        return "sso"
     return methods[-1] if methods else "unknown"
 
 
@@ -265,32 +266,24 @@ def on_social_account_added(
     sender: type, request: HttpRequest | None = None, sociallogin: Any = None, **kwargs: Any
 ) -> None:
     """allauth's social_account_added -> auth.sso_linked."""
-    account = getattr(sociallogin, "account", None)
-    user = getattr(account, "user", None)
-    if user is None or not getattr(user, "pk", None):
-        return
-    with _request_context(request):
-        auth_event_record(
-            action="auth.sso_linked",
-            user=user,
-            method="sso",
-            data={**_provider_data(account, request), "subject": account.uid},
-        )
+    _sso_account_event("auth.sso_linked", getattr(sociallogin, "account", None), request)
 
 
 def on_social_account_removed(
     sender: type, request: HttpRequest | None = None, socialaccount: Any = None, **kwargs: Any
 ) -> None:
     """allauth's social_account_removed -> auth.sso_unlinked."""
-    user = getattr(socialaccount, "user", None)
+    _sso_account_event("auth.sso_unlinked", socialaccount, request)
+
+
+def _sso_account_event(action: str, account: Any, request: HttpRequest | None) -> None:
+    """Audit a linked or unlinked SocialAccount for its user: the provider and the subject, nothing secret."""
+    user = getattr(account, "user", None)
     if user is None or not getattr(user, "pk", None):
         return
     with _request_context(request):
         auth_event_record(
-            action="auth.sso_unlinked",
-            user=user,
-            method="sso",
-            data={**_provider_data(socialaccount, request), "subject": socialaccount.uid},
+            action=action, user=user, method="sso", data={**_provider_data(account, request), "subject": account.uid}
         )
 
 

@@ -14,6 +14,7 @@ from django.test import Client
 
 from audit.models import AuditEvent
 from tests.audit.conftest import everything_stored
+from tests.audit.test_mfa_events import enrolled_and_signed_out, totp_code
 from tests.idp.fixtures import TestIdentityProvider, portal_path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,6 +65,22 @@ def test_sso_sign_in_of_an_org_member_is_audited_with_method_and_provider(org, a
     assert sso.client_secret not in everything_stored()
     assert sso.client_secret not in caplog.text
     assert all(sso.client_secret not in str(record.args) for record in caplog.records)
+
+
+def test_sso_sign_in_with_a_second_factor_is_audited_as_mfa_with_the_provider(
+    org, agents_user, sso, django_capture_on_commit_callbacks
+):
+    client, enrolment = enrolled_and_signed_out(agents_user, django_capture_on_commit_callbacks)
+    link_identity(agents_user, sso)
+
+    callback = client.get(portal_path(sso.sign_in(start_sso(client, sso))), **ORIGIN)
+    assert callback["Location"] == "/accounts/2fa/authenticate/"
+    response = client.post("/accounts/2fa/authenticate/", {"code": totp_code(enrolment.secret)}, **ORIGIN)
+
+    assert response.status_code == 302 and client.get("/orgs/acme/chat/").status_code == 200
+    login = AuditEvent.objects.filter(organization=org, action="auth.login").order_by("sequence").last()
+    assert login.auth_method == "mfa"
+    assert (login.data["method"], login.data["provider"]) == ("mfa", sso.provider_id)
 
 
 def test_a_signed_in_user_links_an_identity_after_confirming_the_password_and_it_is_audited(org, agents_user, sso):
