@@ -42,7 +42,7 @@ import psycopg
 from django.conf import settings
 from django.db import DatabaseError, connections, router, transaction
 
-from audit.chain import HASHED_FIELDS, PG_TIME_FORMAT, chain_hash, event_document
+from audit.chain import GENESIS_HASH, HASHED_FIELDS, PG_TIME_FORMAT, chain_hash, event_document
 from audit.forwarding import schedule_forwarding
 from audit.models import AuditChainHead, AuditEvent, AuditPendingEvent
 from portal.background import CoalescingWorkers
@@ -319,8 +319,9 @@ def _chain_many_postgresql(connection: Any, limit: int) -> tuple[int, list[int]]
         if not rows_by_organization:
             return 0, []
         pending_ids, sequences, prev_hashes, hashes, heads = [], [], [], [], []
+        locked_heads = _lock_heads_postgresql(cursor, list(rows_by_organization))
         for organization_id, rows in rows_by_organization.items():
-            sequence, prev_hash = _lock_head(organization_id)
+            sequence, prev_hash = locked_heads[organization_id]
             links = _hash_rows(organization_id, rows, sequence, prev_hash)
             pending_ids += [row[0] for row in rows]
             sequences += [link[0] for link in links]
@@ -336,6 +337,26 @@ def _chain_many_postgresql(connection: Any, limit: int) -> tuple[int, list[int]]
             [[head[0] for head in heads], [head[1] for head in heads], [head[2] for head in heads]],
         )
     return len(pending_ids), list(rows_by_organization)
+
+
+def _lock_heads_postgresql(cursor: Any, organization_ids: list[int]) -> dict[int, tuple[int, str]]:
+    """Lock the organizations' chain heads (created where missing) in id order: {organization: (sequence, hash)}.
+
+    Two statements whatever the number of organizations; id order is the order every other writer locks in.
+    """
+    head_table = AuditChainHead._meta.db_table
+    cursor.execute(
+        f"INSERT INTO {head_table} (organization_id, sequence, hash, anchor_sequence, anchor_hash) "  # noqa: S608
+        "SELECT organization_id, 0, %s, 0, %s FROM unnest(%b::bigint[]) AS organization_id "
+        "ON CONFLICT DO NOTHING",
+        [GENESIS_HASH, GENESIS_HASH, organization_ids],
+    )
+    cursor.execute(
+        f"SELECT organization_id, sequence, hash FROM {head_table} "  # noqa: S608
+        "WHERE organization_id = ANY(%b::bigint[]) ORDER BY organization_id FOR UPDATE",
+        [organization_ids],
+    )
+    return {organization_id: (sequence, head_hash) for organization_id, sequence, head_hash in cursor.fetchall()}
 
 
 # In-process wake-ups --------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from audit.chaining import run_chainer
+from audit.chaining import BUSY_ROUND_EVENTS, run_chainer
 
 HELP = (
     "Move pending audit events into their organizations' hash chains until stopped (SIGTERM or Ctrl-C); run one "
@@ -24,7 +24,10 @@ def register(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="S",
-        help="pause after a round that found nothing (default: AIRLOCK_AUDIT_CHAINER_DEBOUNCE_SECONDS, 0.05)",
+        help=(
+            f"pause after a round of fewer than {BUSY_ROUND_EVENTS:,} events "
+            "(default: AIRLOCK_AUDIT_CHAINER_DEBOUNCE_SECONDS, 0.05)"
+        ),
     )
 
 
