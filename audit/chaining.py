@@ -38,7 +38,6 @@ import logging
 import threading
 from typing import Any
 
-import psycopg
 from django.conf import settings
 from django.db import DatabaseError, connections, router, transaction
 
@@ -46,6 +45,7 @@ from audit.chain import GENESIS_HASH, HASHED_FIELDS, PG_TIME_FORMAT, chain_hash,
 from audit.forwarding import schedule_forwarding
 from audit.models import AuditChainHead, AuditEvent, AuditPendingEvent
 from portal.background import CoalescingWorkers
+from portal.db import driver_cursor
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,8 @@ def _chain_batch(organization_id: int, *, limit: int, wait: bool) -> int | None:
         if connection.vendor != "postgresql":
             return _chain_batch_orm(alias, organization_id, limit)
         key = (_LOCK_NAMESPACE << 32) | (organization_id & 0xFFFFFFFF)
-        with connection.wrap_database_errors, _driver_cursor(connection) as cursor:
+        with connection.wrap_database_errors:
+            cursor = driver_cursor(connection)
             if wait:
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", [key])
             else:
@@ -220,16 +221,6 @@ def _postgresql_statements(connection: Any) -> tuple[str, str]:
     return _PG_SQL["read"], _PG_SQL["move"]
 
 
-def _driver_cursor(connection: Any) -> psycopg.Cursor:
-    """A driver cursor on the Django connection, inside its transaction, binding parameters server-side.
-
-    The chainer sends each batch as arrays (ids, sequences, hashes): as binary parameters (`%b`) they cost about
-    a sixth of the CPU of the quoted literals Django's client-side cursor writes, a few µs per event.
-    """
-    connection.ensure_connection()
-    return psycopg.Cursor(connection.connection)
-
-
 def _chain_batch_postgresql(connection: Any, cursor: Any, organization_id: int, limit: int) -> int:
     """PostgreSQL, under the advisory lock: four round trips per batch whatever its size."""
     read, move = _postgresql_statements(connection)
@@ -298,7 +289,8 @@ def chain_every_organization(*, limit: int = BATCH_LIMIT) -> int:
 def _chain_many_postgresql(connection: Any, limit: int) -> tuple[int, list[int]]:
     """One transaction over every organization with pending events whose lock is free: (events, organizations)."""
     read, move = _postgresql_statements(connection)
-    with connection.wrap_database_errors, _driver_cursor(connection) as cursor:
+    with connection.wrap_database_errors:
+        cursor = driver_cursor(connection)
         cursor.execute(_PG_SQL["organizations"])
         candidates = [row[0] for row in cursor.fetchall()]
         if not candidates:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-import weakref
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import psycopg
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connections, models, router, transaction
 
@@ -20,6 +18,7 @@ from audit.forwarding import schedule_forwarding
 from audit.models import ActorType, AuditChainHead, AuditEvent, AuditPendingEvent, Outcome
 from audit.policy import prepare_event_data, prepare_event_json, prepare_event_text
 from organizations.models import Organization
+from portal.db import driver_cursor
 
 
 @dataclass(frozen=True)
@@ -153,10 +152,8 @@ def _record_pending(
     connection = connections[router.db_for_write(AuditPendingEvent)]
     if connection.vendor == "postgresql":
         fields["data"], data_json = prepare_event_json(organization_id=organization_id, action=action, data=data)
-        pending = AuditPendingEvent(*[fields.get(name) for name in _MODEL_ATTNAMES])
-        pending.id = _insert_pending_postgresql(connection, fields, data_json=data_json)
-        pending._state.adding = False
-        pending._state.db = connection.alias
+        fields["id"] = _insert_pending_postgresql(connection, fields, data_json=data_json)
+        pending = AuditPendingEvent.from_db(connection.alias, _MODEL_ATTNAMES, [fields[n] for n in _MODEL_ATTNAMES])
     else:
         fields["data"] = normalize(prepare_event_data(organization_id=organization_id, action=action, data=data))
         pending = AuditPendingEvent(**fields)
@@ -174,10 +171,9 @@ _PENDING_ATTNAMES = [field.attname for field in _PENDING_FIELDS]
 def _insert_pending_postgresql(connection: Any, fields: dict[str, Any], *, data_json: str) -> int:
     """Insert one pending row on the driver's own cursor; returns its id.
 
-    Ingest pays this for every event, and Django's cursor wrapper (a new client-side-binding cursor per call,
-    every parameter quoted into the SQL text) costs more CPU than the INSERT itself. This runs on the same
-    connection, inside the caller's transaction, with the parameters bound server-side (unprepared, so
-    transaction-pooling proxies keep working) and database errors raised as Django's. The data goes as the
+    Ingest pays this for every event: `portal.db.driver_cursor` runs it on the same connection, inside the
+    caller's transaction, with the parameters bound server-side (unprepared, so transaction-pooling proxies
+    keep working) and database errors raised as Django's. The data goes as the
     JSON text given (the column casts it), as Django's own JSONField adapter would send it.
     """
     sql = _APPEND_SQL.get("pending")
@@ -190,20 +186,10 @@ def _insert_pending_postgresql(connection: Any, fields: dict[str, Any], *, data_
         )
     values = [fields[name] for name in _PENDING_ATTNAMES]
     values[_DATA_INDEX] = data_json
-    connection.close_if_health_check_failed()
-    connection.ensure_connection()
-    connection.validate_no_broken_transaction()
-    raw = connection.connection
-    cursor = _pending_cursors.get(connection)
-    if cursor is None or cursor.connection is not raw or cursor.closed:
-        cursor = _pending_cursors[connection] = psycopg.Cursor(raw)  # one per connection, as Django keeps it
+    cursor = driver_cursor(connection)
     with connection.wrap_database_errors:
         cursor.execute(sql, values, prepare=False)
         return cursor.fetchone()[0]
-
-
-# The driver cursor of each Django connection (connections are per thread; a reconnect replaces the cursor).
-_pending_cursors: weakref.WeakKeyDictionary[Any, psycopg.Cursor] = weakref.WeakKeyDictionary()
 
 
 _DATA_INDEX = _PENDING_ATTNAMES.index("data")
