@@ -41,6 +41,7 @@ from django.http import HttpRequest
 
 from audit import context as audit_context
 from audit.models import AuditEvent, Outcome
+from audit.secrets import without_secrets
 from audit.services import record
 from organizations.models import Organization
 
@@ -287,14 +288,6 @@ def _sso_account_event(action: str, account: Any, request: HttpRequest | None) -
         )
 
 
-def _scrub(text: str, *secrets: str) -> str:
-    """The text with every non-empty secret replaced."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, REDACTED)
-    return text
-
-
 class AuditedSocialAccountAdapter(DefaultSocialAccountAdapter):
     """allauth's social-account adapter, reporting SSO failures and refused identities to the audit services."""
 
@@ -323,11 +316,12 @@ class AuditedSocialAccountAdapter(DefaultSocialAccountAdapter):
                 provider_name=str(getattr(provider, "name", "") or ""),
                 process=str(state.get("process") or "login"),
                 reason=str(error or "unknown"),
-                idp_error=_scrub(str(request.GET.get("error", "")), secret),
+                idp_error=without_secrets(str(request.GET.get("error", "")), secret, mask_text=REDACTED),
                 exception=type(exception).__name__ if exception is not None else "",
-                detail=_scrub(
+                detail=without_secrets(
                     " ".join(part for part in (str(exception or ""), request.GET.get("error_description", "")) if part),
                     secret,
+                    mask_text=REDACTED,
                 ),
             )
 

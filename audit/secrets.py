@@ -117,6 +117,14 @@ SECRET_PATTERNS: tuple[SecretPattern, ...] = (
 )
 
 
+def without_secrets(text: str, *secrets: str, mask_text: str = "****") -> str:
+    """The text with every known secret (a key, a token, a client secret; four characters or more) replaced."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, mask_text)
+    return text
+
+
 def mask(secret: str, kind: str, *, keep_hint: bool = True) -> str:
     """The mask that replaces a secret: `[REDACTED:<kind>]`, then at most its last four characters."""
     if keep_hint and len(secret) >= HINT_MIN_LENGTH:

@@ -27,6 +27,7 @@ from django.conf import settings
 from audit.chain import format_time
 from audit.forwarding.events import event_as_json
 from audit.models import AuditDestination, DestinationKind, Outcome
+from audit.secrets import without_secrets
 
 HEC_PATH = "/services/collector/event"
 HEC_SOURCE = "airlock"
@@ -327,10 +328,8 @@ def build_sender(destination: AuditDestination, secret: str) -> Sender:
 
 
 def scrub(message: str, secret: str) -> str:
-    """An error message without the secret in it (receivers sometimes echo what they were sent)."""
-    if secret and len(secret) >= 4:
-        message = message.replace(secret, "****")
-    return message[:1000]
+    """An error message without the secret in it (receivers sometimes echo what they were sent), cut short."""
+    return without_secrets(message, secret)[:1000]
 
 
 def probe_row(destination: AuditDestination) -> Any:
