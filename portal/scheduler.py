@@ -8,13 +8,16 @@ after start-up (so a SIEM backlog left by the last run, or pending events, are t
 never postpones the daily checkpoint by another day), then every `schedule` seconds. A failing task is logged
 and tried again at its next turn; it never stops the others, and the forwarding sweep only wakes the delivery
 threads, so a slow SIEM does not hold the thread. On PostgreSQL several web processes may each run the thread:
-an advisory lock per job lets one of them run it at a time. Deployments with a broker run `celery beat`
-instead, and the thread is not started.
+an advisory lock per job keeps them from running a job at the same moment (each may still run it once per
+interval; every job is safe to repeat). With the `celery` runner (the default when REDIS_URL is set) the
+thread is off and `celery beat` runs the schedule; with `AIRLOCK_EMBEDDED_SCHEDULER=1` beside `celery beat`
+both would run it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import heapq
 import logging
 import threading
@@ -39,8 +42,16 @@ def _task(name: str) -> Callable[[], object]:
     """The registered Celery task `name`, called in this thread (a task called directly runs synchronously)."""
     from portal.celery import app
 
-    app.loader.import_default_modules()  # autodiscovery: the apps' jobs modules register their tasks
+    _import_tasks()
     return app.tasks[name]
+
+
+@functools.cache
+def _import_tasks() -> None:
+    """Celery's autodiscovery, once per process: the apps' jobs modules register their tasks."""
+    from portal.celery import app
+
+    app.loader.import_default_modules()
 
 
 def _interval(schedule: object) -> float | None:
