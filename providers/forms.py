@@ -7,13 +7,13 @@ from decimal import Decimal
 from typing import Any
 
 from django import forms
-from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, Group
 from django.core.exceptions import ValidationError
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 
 from organizations.models import Organization
 from providers.models import LanguageModel, Provider, ProviderKind
+from providers.selectors import access_user
 from providers.validation import REASONING_EFFORTS
 
 # Which optional settings each kind uses (name and base_url are shown for every kind; api_key too).
@@ -381,27 +381,6 @@ ACCESS_CHOICES = [
 ]
 
 
-def member_named(organization: Organization, name: str) -> AbstractBaseUser:
-    """The member of the organization with this username or email; ValidationError (one message for both) otherwise.
-
-    An unknown user and a user of another organization get the same answer, so the form tells nothing about
-    accounts outside the organization.
-    """
-    value = name.strip()
-    members = get_user_model().objects.filter(memberships__organization=organization)
-    found = list(members.filter(Q(username=value) | Q(email__iexact=value)).distinct()[:2])
-    if len(found) == 1:
-        return found[0]
-    if len(found) > 1:
-        exact = [user for user in found if user.get_username() == value]
-        if len(exact) == 1:
-            return exact[0]
-        raise ValidationError(f"Several members of {organization.name} use the email {value!r}: give the username.")
-    raise ValidationError(
-        f"No member of {organization.name} has the username or email {value!r}: invite them to the organization first."
-    )
-
-
 class ModelRestrictionForm(forms.Form):
     """Open a model to every agents user, or restrict it to the users and groups granted access."""
 
@@ -453,12 +432,7 @@ class ModelAccessForm(forms.Form):
         name = self.cleaned_data.get("user") or ""
         if not name:
             return None
-        if self.grant_holders is not None:
-            holder = self.grant_holders.filter(username=name.strip()).first()
-            if holder is None:
-                raise ValidationError(f"{name.strip()!r} holds no grant on this model.")
-            return holder
-        return member_named(self.organization, name)
+        return access_user(organization=self.organization, name=name, holders=self.grant_holders)
 
     def clean(self) -> dict[str, Any]:
         """Exactly one of a member or a group."""

@@ -117,11 +117,7 @@ def model_access_grants(*, model: LanguageModel) -> dict[str, list[str]]:
     """Who holds `use_languagemodel` on a model: {"users": [usernames], "groups": [names]} (two queries)."""
     from guardian.models import GroupObjectPermission, UserObjectPermission
 
-    grant = {
-        "permission__codename": "use_languagemodel",
-        "permission__content_type__app_label": "providers",
-        "object_pk": str(model.pk),
-    }
+    grant = _grant_filter(model)
     users = (
         UserObjectPermission.objects.filter(**grant).order_by("user__username").values_list("user__username", flat=True)
     )
@@ -146,20 +142,57 @@ def grantable_groups(*, organization: Organization) -> QuerySet[Any]:
     return Group.objects.filter(user__memberships__organization=organization).distinct().order_by("name")
 
 
-def granted_groups(*, model: LanguageModel, names: list[str] | None = None) -> QuerySet[Any]:
-    """The groups holding a grant on the model; `names` when the grants were already read."""
-    from django.contrib.auth.models import Group
+def _grant_filter(model: LanguageModel) -> dict[str, str]:
+    """The guardian rows of `use_languagemodel` on one model."""
+    return {
+        "permission__codename": "use_languagemodel",
+        "permission__content_type__app_label": "providers",
+        "object_pk": str(model.pk),
+    }
 
-    if names is None:
-        names = model_access_grants(model=model)["groups"]
-    return Group.objects.filter(name__in=names).order_by("name")
+
+def granted_groups(*, model: LanguageModel) -> QuerySet[Any]:
+    """The groups holding a grant on the model (one query, with the grants as a subquery)."""
+    from django.contrib.auth.models import Group
+    from guardian.models import GroupObjectPermission
+
+    grants = GroupObjectPermission.objects.filter(**_grant_filter(model)).values("group_id")
+    return Group.objects.filter(pk__in=grants).order_by("name")
 
 
 def grant_holders(*, model: LanguageModel) -> QuerySet[Any]:
     """The users holding a direct grant on the model, members of its organization or not any more."""
     from django.contrib.auth import get_user_model
+    from guardian.models import UserObjectPermission
 
-    return get_user_model().objects.filter(username__in=model_access_grants(model=model)["users"])
+    grants = UserObjectPermission.objects.filter(**_grant_filter(model)).values("user_id")
+    return get_user_model().objects.filter(pk__in=grants).order_by("username")
+
+
+def access_user(*, organization: Organization, name: str, holders: QuerySet[Any] | None = None) -> Any:
+    """The user an access change names by username or email: a member of the organization when granting, one of
+    `holders` (the grant's holders, members or not any more) when revoking.
+
+    ValidationError otherwise, with the same words for an unknown user and another tenant's, so the answer
+    tells nothing about accounts outside the organization.
+    """
+    from django.contrib.auth import get_user_model
+    from django.core.exceptions import ValidationError
+    from django.db.models import Q
+
+    value = name.strip()
+    users = holders if holders is not None else get_user_model().objects.filter(memberships__organization=organization)
+    found = list(users.filter(Q(username=value) | Q(email__iexact=value)).distinct()[:2])
+    exact = [user for user in found if user.get_username() == value]
+    if len(found) == 1 or len(exact) == 1:
+        return exact[0] if exact else found[0]
+    if found:
+        raise ValidationError(f"Several users of {organization.name} use the email {value!r}: give the username.")
+    if holders is not None:
+        raise ValidationError(f"{value!r} holds no grant on this model.")
+    raise ValidationError(
+        f"No member of {organization.name} has the username or email {value!r}: invite them to the organization first."
+    )
 
 
 def access_grantee(
@@ -167,21 +200,19 @@ def access_grantee(
 ) -> dict[str, Any]:
     """The user or group an access change names, looked up only where this organization may see it.
 
-    Granting: a member of the organization, or a group with members in it; revoking: those, or a holder of a
-    grant on the model. Anything else, in another tenant or nowhere, answers the same "no such" error.
+    Granting: a member of the organization (by username or email), or a group with members in it; revoking: a
+    holder of the grant, or a group with members here or holding the grant. Anything else, in another tenant or
+    nowhere, answers the same "no such" error.
     """
-    from django.contrib.auth import get_user_model
     from django.core.exceptions import ValidationError
 
     organization = model.organization
     if user:
-        users = get_user_model().objects.filter(memberships__organization=organization)
-        if revoking:
-            users = users | grant_holders(model=model)
-        found = users.filter(username=user).distinct().first()
-        if found is None:
-            raise ValidationError({"user": f"No member of {organization.slug} is named {user!r}."})
-        return {"user": found}
+        try:
+            holders = grant_holders(model=model) if revoking else None
+            return {"user": access_user(organization=organization, name=user, holders=holders)}
+        except ValidationError as error:
+            raise ValidationError({"user": error.messages}) from None
     groups = grantable_groups(organization=organization)
     if revoking:
         groups = groups | granted_groups(model=model)

@@ -7,7 +7,6 @@ from functools import partial
 from typing import Any
 
 from django.contrib import messages
-from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, Exists, OuterRef, Prefetch
@@ -34,7 +33,6 @@ from providers.selectors import (
     grant_holders,
     grantable_groups,
     granted_groups,
-    model_access_grants,
     models_visible_to,
     providers_for_user,
     role_names,
@@ -410,15 +408,9 @@ def _access_form(organization: Organization, model: LanguageModel, change: str, 
 
 def _grant_rows(organization: Organization, model: LanguageModel) -> dict[str, list[Any]]:
     """The model's grants as the page lists them: users with their email and membership, groups with their id."""
-    names = model_access_grants(model=model)
     members = Membership.objects.filter(user=OuterRef("pk"), organization=organization)
-    users = (
-        get_user_model()
-        .objects.filter(username__in=names["users"])
-        .annotate(is_member=Exists(members))
-        .order_by("username")
-    )
-    return {"users": list(users), "groups": list(granted_groups(model=model, names=names["groups"]))}
+    users = grant_holders(model=model).annotate(is_member=Exists(members))
+    return {"users": list(users), "groups": list(granted_groups(model=model))}
 
 
 def _render_model_access(

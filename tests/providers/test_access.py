@@ -132,6 +132,20 @@ def test_owner_grants_access_through_the_api_and_auditors_read_it(org, owner, ag
     assert revoked.json()["users"] == []
 
 
+def test_the_api_takes_an_email_as_the_page_does_and_revokes_only_what_was_granted(org, owner, agents_user, catalogue):
+    url = f"{MODELS}{catalogue['restricted'].pk}/access/"
+    client = APIClient()
+    client.force_authenticate(owner)
+
+    not_granted = client.delete(url, {"user": "alice"}, format="json")
+    granted = client.post(url, {"user": "ALICE@example.test"}, format="json")
+    revoked = client.delete(url, {"user": "alice@example.test"}, format="json")
+
+    assert not_granted.status_code == 400 and not_granted.json()["user"] == ["'alice' holds no grant on this model."]
+    assert granted.status_code == 200 and granted.json()["users"] == ["alice"]
+    assert revoked.status_code == 200 and revoked.json()["users"] == []
+
+
 def test_opening_a_restricted_model_makes_it_usable_for_every_agents_user(org, owner, catalogue):
     newcomer = UserFactory(username="nina")
     make_member(org, newcomer, "agents-user")
@@ -156,8 +170,9 @@ def test_the_access_api_tells_nothing_about_other_tenants_users_or_groups(org, o
     foreign_group = client.post(url, {"group": "their-team"}, format="json")
 
     assert foreign.status_code == missing.status_code == foreign_group.status_code == 400
-    assert foreign.json()["user"] == [f"No member of {org.slug} is named 'stranger'."]
-    assert missing.json()["user"] == [f"No member of {org.slug} is named 'nobody'."]
+    no_member = "No member of {} has the username or email {!r}: invite them to the organization first."
+    assert foreign.json()["user"] == [no_member.format(org.name, "stranger")]
+    assert missing.json()["user"] == [no_member.format(org.name, "nobody")]
     listed = client.get(url)
     assert listed.status_code == 200 and "their-team" not in str(listed.json())
     with pytest.raises(ValidationError, match="has no members in"):
