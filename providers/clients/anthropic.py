@@ -22,7 +22,6 @@ import httpx2
 
 from providers.clients.base import (
     CallHooks,
-    ModelCallError,
     ReasoningDelta,
     ReasoningState,
     StreamEvent,
@@ -31,6 +30,7 @@ from providers.clients.base import (
     ToolSpec,
     TurnEnd,
     Usage,
+    ended_early,
     failed_mid_stream,
     reasoning_blocks,
     request_headers,
@@ -428,12 +428,7 @@ async def stream(
                 raise failed_mid_stream(hooks, context.not_a_stream()) from None
 
     if not finished and stop_reason is None:
-        raise failed_mid_stream(
-            hooks,
-            ModelCallError(
-                f"The answer from {context.host} ended before the model finished: try again.", retryable=True
-            ),
-        )
+        raise ended_early(hooks, context.host)
     requests = blocks.requests()
     for call in requests:
         yield call

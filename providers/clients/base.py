@@ -193,6 +193,13 @@ def failed_mid_stream(hooks: CallHooks | None, error: ModelCallError) -> ModelCa
     return error if hooks is None else hooks.failed(error)
 
 
+def ended_early(hooks: CallHooks | None, host: str) -> ModelCallError:
+    """An adapter's error for a stream that stopped before the model said it had finished (worth retrying)."""
+    return failed_mid_stream(
+        hooks, ModelCallError(f"The answer from {host} ended before the model finished: try again.", retryable=True)
+    )
+
+
 def summary_events(hooks: CallHooks | None) -> tuple[StreamEvent, ...]:
     """What an adapter yields just before its TurnEnd: the call's summary when `stream_turn` gave hooks."""
     return () if hooks is None else (hooks.summary(),)

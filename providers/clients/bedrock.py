@@ -45,6 +45,7 @@ from providers.clients.base import (
     ToolSpec,
     TurnEnd,
     Usage,
+    ended_early,
     endpoint_host,
     failed_mid_stream,
     reasoning_blocks,
@@ -445,12 +446,7 @@ async def stream(
                 stream_body.close()  # ends the worker's blocking read when the caller stops early
 
     if stop_reason is None:
-        raise failed_mid_stream(
-            hooks,
-            ModelCallError(
-                f"The answer from {context.host} ended before the model finished: try again.", retryable=True
-            ),
-        )
+        raise ended_early(hooks, context.host)
     calls = [_tool_call(slots[index]) for index in sorted(slots)]
     for call in calls:
         yield call

@@ -45,6 +45,7 @@ from providers.clients.base import (
     TurnEnd,
     Usage,
     connection_error,
+    ended_early,
     endpoint_host,
     failed_mid_stream,
     http_status_error,
@@ -345,12 +346,7 @@ async def stream(
             await iterator.aclose()
 
     if finish_reason is None:
-        raise failed_mid_stream(
-            hooks,
-            ModelCallError(
-                f"The answer from {context.host} ended before the model finished: try again.", retryable=True
-            ),
-        )
+        raise ended_early(hooks, context.host)
     requests = calls.finish()
     for call, _ in requests:
         yield call

@@ -35,6 +35,7 @@ from providers.clients.base import (
     TurnEnd,
     Usage,
     connection_error,
+    ended_early,
     endpoint_host,
     failed_mid_stream,
     http_status_error,
@@ -325,12 +326,7 @@ async def stream(
                 raise failed_mid_stream(hooks, context.not_a_stream()) from None
 
     if finish_reason is None:
-        raise failed_mid_stream(
-            hooks,
-            ModelCallError(
-                f"The answer from {context.host} ended before the model finished: try again.", retryable=True
-            ),
-        )
+        raise ended_early(hooks, context.host)
     requests = calls.requests()
     for call in requests:
         yield call
