@@ -48,7 +48,8 @@ from audit.secrets import mask_secrets_in_text
 from audit.services import Actor
 from organizations.permissions import require_actor_permission
 from portal.crypto import decrypt_secret
-from providers.clients.base import provider_headers
+from providers.clients.base import endpoint_host, provider_headers
+from providers.clients.bedrock import REJECTED_CREDENTIALS
 from providers.models import LanguageModel, Provider, ProviderKind
 
 NETWORK_TIMEOUT_SECONDS = 5.0
@@ -78,27 +79,6 @@ BASE_URL_HINTS: dict[str, str] = {
 }
 DEFAULT_BASE_URL_HINT = "check the base URL (OpenAI-compatible servers end in /v1)"
 
-# AWS error codes that mean "these credentials are not accepted", and what to do about each.
-AWS_REJECTED_CREDENTIALS: dict[str, str] = {
-    "UnrecognizedClientException": (
-        "AWS does not know the access key id (deleted, deactivated, or of another AWS partition)"
-    ),
-    "InvalidClientTokenId": "AWS does not know the access key id (deleted, deactivated, or of another AWS partition)",
-    "InvalidSignatureException": (
-        "the request signature does not match: the secret access key does not belong to the access key id, "
-        "or the control plane's clock is wrong"
-    ),
-    "SignatureDoesNotMatch": (
-        "the request signature does not match: the secret access key does not belong to the access key id, "
-        "or the control plane's clock is wrong"
-    ),
-    "IncompleteSignatureException": "the request signature is incomplete (a proxy may strip the Authorization header)",
-    "MissingAuthenticationTokenException": (
-        "the request carried no credentials (a proxy may strip the Authorization header)"
-    ),
-    "ExpiredTokenException": "the session token has expired",
-    "UnrecognizedClientTokenException": "the session token is not valid",
-}
 # Bedrock error codes AWS only answers after it has authenticated the request (the signature was right).
 AWS_AFTER_AUTHENTICATION = frozenset(
     {
@@ -571,17 +551,15 @@ def _bedrock(provider: Provider, key: str, model: LanguageModel | None, scrub: _
             )
         if isinstance(exc, ClientError):
             code = str(exc.response.get("Error", {}).get("Code", ""))
-            if code in AWS_REJECTED_CREDENTIALS:
+            explanation = REJECTED_CREDENTIALS.get(code.lower())
+            if explanation is not None:
                 said = scrub.suffix(str(exc.response.get("Error", {}).get("Message", "")))
                 fix = (
                     "Check the IAM role the control plane runs with"
                     if provider.use_ambient_credentials
                     else "Check the access key id and enter the secret access key again"
                 )
-                return StepFailed(
-                    f"{status_of(exc) or 403} {code}: AWS rejected {how}: {AWS_REJECTED_CREDENTIALS[code]}. "
-                    f"{fix}{said}."
-                )
+                return StepFailed(f"{status_of(exc) or 403} {code}: AWS rejected {how}: {explanation}. {fix}{said}.")
             return None
         if isinstance(exc, ConnectTimeoutError):
             return StepFailed(
@@ -607,17 +585,13 @@ def _bedrock(provider: Provider, key: str, model: LanguageModel | None, scrub: _
             )
         return None
 
-    def endpoint_host(made: Any) -> str:
-        parts = urlsplit(str(getattr(made.meta, "endpoint_url", "") or ""))
-        return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname or "the Bedrock endpoint")
-
     def list_models() -> str:
         made = None
         try:
             made = client("bedrock", bedrock_control_endpoint(provider))
             page = made.list_foundation_models(byOutputModality="TEXT")
         except Exception as exc:  # noqa: BLE001 - every SDK error becomes words
-            host = endpoint_host(made) if made is not None else "the Bedrock control plane"
+            host = endpoint_host(made.meta.endpoint_url) if made is not None else "the Bedrock control plane"
             failed = transport_words(exc, host)
             if failed is not None:
                 if isinstance(exc, EndpointConnectionError | ConnectTimeoutError):
@@ -673,7 +647,7 @@ def _bedrock(provider: Provider, key: str, model: LanguageModel | None, scrub: _
                 inferenceConfig={"maxTokens": 1},
             )
         except Exception as exc:  # noqa: BLE001
-            failed = transport_words(exc, endpoint_host(made) if made is not None else "the Bedrock endpoint")
+            failed = transport_words(exc, endpoint_host(made.meta.endpoint_url) if made is not None else "the Bedrock endpoint")
             if failed is not None:
                 raise failed from None
             code = str(exc.response.get("Error", {}).get("Code", "")) if isinstance(exc, ClientError) else ""

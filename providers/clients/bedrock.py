@@ -89,13 +89,23 @@ ERROR_STATUS: dict[str, int] = {
     "modelstreamerrorexception": 502,
     "serviceunavailableexception": 503,
 }
-REJECTED_CREDENTIALS = {
-    "unrecognizedclientexception",
-    "invalidsignatureexception",
-    "expiredtokenexception",
-    "missingauthenticationtokenexception",
-    "invalidclienttokenid",
-    "signaturedoesnotmatch",
+_UNKNOWN_KEY = "AWS does not know the access key id (deleted, deactivated, or of another AWS partition)"
+_BAD_SIGNATURE = (
+    "the request signature does not match: the secret access key does not belong to the access key id, "
+    "or the control plane's clock is wrong"
+)
+# AWS error codes (lower-cased) that mean "these credentials are not accepted", and what each one means.
+REJECTED_CREDENTIALS: dict[str, str] = {
+    "unrecognizedclientexception": _UNKNOWN_KEY,
+    "invalidclienttokenid": _UNKNOWN_KEY,
+    "invalidsignatureexception": _BAD_SIGNATURE,
+    "signaturedoesnotmatch": _BAD_SIGNATURE,
+    "incompletesignatureexception": "the request signature is incomplete (a proxy may strip the Authorization header)",
+    "missingauthenticationtokenexception": (
+        "the request carried no credentials (a proxy may strip the Authorization header)"
+    ),
+    "expiredtokenexception": "the session token has expired",
+    "unrecognizedclienttokenexception": "the session token is not valid",
 }
 
 _clients: OrderedDict[tuple, Any] = OrderedDict()
@@ -558,8 +568,9 @@ class _ErrorContext:
         how = "the server's ambient AWS role" if self.provider.use_ambient_credentials else "the stored access key"
         if lowered in REJECTED_CREDENTIALS:
             return ModelCallError(
-                f"{status or 403}: the AWS credentials were rejected by {self.host} ({code}): check {how} of provider "
-                f"{name!r} (access key id and secret access key).",
+                f"{status or 403}: the AWS credentials were rejected by {self.host} ({code}: "
+                f"{REJECTED_CREDENTIALS[lowered]}): check {how} of provider {name!r} (access key id and secret access "
+                "key).",
                 status=status or 403,
             )
         if lowered == "accessdeniedexception":
