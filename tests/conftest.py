@@ -5,12 +5,28 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from django.db import connection
+from asgiref.sync import sync_to_async
+from django.db import connection, connections
 
 from organizations.models import Organization, Role
+from providers.simulator import ModelSimulator
 from tests.factories import OrganizationFactory, UserFactory, make_member
 from tests.idp.fixtures import oidc_idp, sso  # noqa: F401 - fixtures
 from tests.livesrv import live_portal, portal_processes, session_simulator  # noqa: F401 - fixtures
+
+
+@pytest.fixture
+def simulator() -> Iterator[ModelSimulator]:
+    """The offline model simulator on loopback (OpenAI and Anthropic wire protocols), needing no key."""
+    with ModelSimulator() as sim:
+        yield sim
+
+
+@pytest.fixture
+async def close_async_orm_connections():
+    """For async tests: the async ORM runs in asgiref's worker thread, whose connection is closed afterwards."""
+    yield
+    await sync_to_async(connections.close_all)()
 
 
 @pytest.fixture

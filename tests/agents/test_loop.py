@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
@@ -17,16 +14,14 @@ from audit.models import AuditEvent
 from audit.verify import verify_chain
 from organizations.models import MembershipRole, Role
 from providers.models import LanguageModel, ModelCall
-from providers.simulator import ModelSimulator
+from tests.agents.conftest import wait_for_turn
 from tests.factories import LanguageModelFactory, OrganizationFactory, UserFactory, make_member
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
-
-
-@pytest.fixture
-def simulator() -> Iterator[ModelSimulator]:
-    with ModelSimulator() as sim:
-        yield sim
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.timeout(60),
+    pytest.mark.usefixtures("close_async_orm_connections"),
+]
 
 
 @pytest.fixture
@@ -37,24 +32,6 @@ def setup(simulator, settings, tmp_path):
     make_member(org, user, Role.AGENTS_USER)
     model = LanguageModelFactory(provider__organization=org, provider__base_url=simulator.base_url, is_default=True)
     return org, user, model
-
-
-@pytest.fixture(autouse=True)
-async def close_async_orm_connections():
-    """The async ORM calls run in asgiref's worker thread: close its connection afterwards."""
-    yield
-    await sync_to_async(connections.close_all)()
-
-
-async def wait_for_turn(session: AgentSession, seconds: float = 30) -> AgentSession:
-    """The turn started by the inline runner when the prompt committed, once it has ended."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        session = await AgentSession.objects.aget(pk=session.pk)
-        if session.status in ("idle", "failed"):
-            return session
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"the turn did not end: {session.status}")
 
 
 async def start_and_run(user, org, prompt: str) -> tuple[AgentSession, list[dict]]:

@@ -6,8 +6,6 @@ ends idle after a tool call with thinking on proves the reasoning was stored and
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -16,23 +14,21 @@ from django.db import connections
 
 from agents.models import AgentSession, Message
 from agents.services import session_start
-from organizations.models import Role
 from portal.crypto import encrypt_secret
 from providers.simulator import ModelSimulator, thinking_signature
-from tests.factories import LanguageModelFactory, OrganizationFactory, UserFactory, make_member
+from tests.agents.conftest import wait_for_turn
+from tests.factories import LanguageModelFactory
 from tests.fakes.bedrock_server import FakeBedrock, reasoning_signature
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.timeout(60),
+    pytest.mark.usefixtures("close_async_orm_connections"),
+]
 
 KEY_ID = "AKIAAIRLOCKLOOPTEST01"
 AWS_SECRET = "loopSECRETaccessKEY/airlock+0123456789"
 THINKING = {"thinking_budget_tokens": 2048}
-
-
-@pytest.fixture
-def simulator() -> Iterator[ModelSimulator]:
-    with ModelSimulator() as sim:
-        yield sim
 
 
 @pytest.fixture
@@ -42,13 +38,11 @@ def bedrock() -> Iterator[FakeBedrock]:
 
 
 @pytest.fixture
-def people(settings, tmp_path):
+def people(org, agents_user, settings, tmp_path):
+    """acme and alice, who may run agents; workspaces under tmp_path, no retries."""
     settings.WORKSPACES_ROOT = tmp_path
     settings.PROVIDER_MAX_RETRIES = 0
-    org = OrganizationFactory(slug="acme")
-    user = UserFactory(username="alice")
-    make_member(org, user, Role.AGENTS_USER)
-    return org, user
+    return org, agents_user
 
 
 def claude_on(simulator: ModelSimulator, org, **kwargs):
@@ -65,22 +59,9 @@ def claude_on(simulator: ModelSimulator, org, **kwargs):
     )
 
 
-@pytest.fixture(autouse=True)
-async def close_async_orm_connections():
-    """The async ORM calls run in asgiref's worker thread: close its connection afterwards."""
-    yield
-    await sync_to_async(connections.close_all)()
-
-
 async def run_prompt(user, org, prompt: str) -> tuple[AgentSession, list[Message]]:
     """Start a session and wait for its turn to end; the session and its conversation."""
-    session = await sync_to_async(session_start)(user=user, organization=org, prompt=prompt)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        session = await AgentSession.objects.aget(pk=session.pk)
-        if session.status in ("idle", "failed"):
-            break
-        await asyncio.sleep(0.05)
+    session = await wait_for_turn(await sync_to_async(session_start)(user=user, organization=org, prompt=prompt))
     messages = [m async for m in Message.objects.filter(session=session).order_by("position")]
     await sync_to_async(connections.close_all)()
     return session, messages

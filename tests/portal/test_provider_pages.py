@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 import pytest
 from django.db import connection
@@ -451,13 +450,6 @@ def test_models_page_without_providers_points_to_the_providers_page(owner) -> No
 
 
 # --- the Test button --------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def simulator() -> Iterator[ModelSimulator]:
-    """An offline model on loopback."""
-    with ModelSimulator() as sim:
-        yield sim
 
 
 def _steps(html: str) -> list[tuple[str, str]]:

@@ -22,13 +22,6 @@ EXECUTE = ToolSpec(
 
 
 @pytest.fixture
-def simulator() -> Iterator[ModelSimulator]:
-    """A simulator that needs no key."""
-    with ModelSimulator() as sim:
-        yield sim
-
-
-@pytest.fixture
 def keyed_simulator() -> Iterator[ModelSimulator]:
     """A simulator that only answers requests carrying SECRET_KEY."""
     with ModelSimulator(api_key=SECRET_KEY) as sim:

@@ -8,7 +8,6 @@ import shutil
 import pytest
 from asgiref.sync import sync_to_async
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import connections
 
 from audit.chain import chain_hash, event_document
 from audit.models import AuditEvent
@@ -18,14 +17,7 @@ from workspaces.backends import ExecutionError
 from workspaces.models import CommandRun
 from workspaces.services import command_execute, workspace_create
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-async def close_async_orm_connections():
-    """The async ORM queries in these tests run in asgiref's worker thread: close its connection afterwards."""
-    yield
-    await sync_to_async(connections.close_all)()
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("close_async_orm_connections")]
 
 
 async def command_events(workspace) -> list[AuditEvent]:
