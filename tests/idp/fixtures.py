@@ -12,7 +12,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -33,13 +32,6 @@ PROVIDER_ID = "acme-idp"
 PROVIDER_NAME = "Acme Identity"
 ACCOUNT_ID = "sso-alice"
 ACCOUNT_EMAIL = "alice@example.test"
-
-
-def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def ensure_node_modules() -> None:
@@ -128,38 +120,29 @@ def _abort_link(page: str) -> str:
     return unescape(match.group(1))
 
 
-class _ExitedEarly(RuntimeError):
-    """The provider process exited before it answered (most likely its port was taken meanwhile)."""
-
-
-def _wait_until_ready(issuer: str, process: subprocess.Popen, log: Path, timeout: float = 30) -> None:
+def _issuer_when_ready(process: subprocess.Popen, log: Path, timeout: float = 30) -> str:
+    """The issuer the provider printed ("ready <issuer>") once it answers its discovery document."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise _ExitedEarly(f"the test IdP exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            if requests.get(f"{issuer}/.well-known/openid-configuration", timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            time.sleep(0.1)
+            raise RuntimeError(f"the test IdP exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+        ready = re.search(r"^ready (http://127\.0\.0\.1:\d+)$", log.read_text(), re.MULTILINE)
+        if ready:
+            try:
+                if requests.get(f"{ready[1]}/.well-known/openid-configuration", timeout=1).status_code == 200:
+                    return ready[1]
+            except requests.RequestException:
+                pass
+        time.sleep(0.1)
     raise RuntimeError(f"the test IdP did not answer within {timeout}s:\n{log.read_text()[-4000:]}")
-
-
-def _stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")
 def oidc_idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestIdentityProvider]:
     """A real OpenID Connect provider on 127.0.0.1 with one client (the portal) and one account.
 
-    The free port is picked before node binds it, so another process may take it in between: then the provider
-    exits at once and is started again on another port (three tries).
+    The provider binds a port the system picks (port 0) and prints its issuer, so no other process can take
+    the port between choosing and binding it.
     """
     ensure_node_modules()
     client_secret = f"idp-client-secret-{secrets.token_urlsafe(24)}"
@@ -172,10 +155,14 @@ def oidc_idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestIdentityP
         "IDP_ACCOUNT_ID": ACCOUNT_ID,
         "IDP_ACCOUNT_EMAIL": ACCOUNT_EMAIL,
     }
-    for attempt in range(3):
-        port = free_port()
-        idp = TestIdentityProvider(
-            issuer=f"http://127.0.0.1:{port}",
+    with log.open("w") as log_file:
+        process = subprocess.Popen(
+            ["node", "server.mjs", "0"], cwd=IDP_DIR, env=env, stdout=log_file, stderr=subprocess.STDOUT
+        )
+    try:
+        issuer = _issuer_when_ready(process, log)
+        yield TestIdentityProvider(
+            issuer=issuer,
             client_id="airlock-portal",
             client_secret=client_secret,
             provider_id=PROVIDER_ID,
@@ -183,25 +170,13 @@ def oidc_idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestIdentityP
             account_id=ACCOUNT_ID,
             log=log,
         )
-        with log.open("w") as log_file:
-            process = subprocess.Popen(
-                ["node", "server.mjs", str(port)], cwd=IDP_DIR, env=env, stdout=log_file, stderr=subprocess.STDOUT
-            )
-        try:
-            _wait_until_ready(idp.issuer, process, log)
-        except _ExitedEarly:
-            _stop(process)
-            if attempt == 2:
-                raise
-            continue
-        except BaseException:
-            _stop(process)
-            raise
-        break
-    try:
-        yield idp
     finally:
-        _stop(process)
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
 
 
 @pytest.fixture

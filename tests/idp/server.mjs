@@ -1,24 +1,25 @@
 // A loopback OpenID Connect provider for Airlock's SSO tests (node-oidc-provider with its development
 // sign-in pages, which accept any password). Never deploy it.
 //
-//   node server.mjs <port>
+//   node server.mjs [port]
 //
 // Environment: IDP_CLIENT_ID, IDP_CLIENT_SECRET, IDP_REDIRECT_URIS (comma-separated) describe the one client;
 // IDP_ACCOUNT_ID, IDP_ACCOUNT_EMAIL, IDP_ACCOUNT_NAME, IDP_ACCOUNT_USERNAME the one account. It listens on
-// 127.0.0.1 only and prints "ready <issuer>" once it accepts connections.
+// 127.0.0.1 only, on the port given or (0, the default) on one the system picks when binding, and prints
+// "ready <issuer>" once it accepts connections.
 import { generateKeyPairSync } from 'node:crypto';
+import http from 'node:http';
 import process from 'node:process';
 
 import Provider from 'oidc-provider';
 
-const port = Number.parseInt(process.argv[2] ?? '', 10);
-if (!Number.isInteger(port) || port <= 0 || port > 65535) {
-  console.error('usage: node server.mjs <port>');
+const port = Number.parseInt(process.argv[2] ?? '0', 10);
+if (!Number.isInteger(port) || port < 0 || port > 65535) {
+  console.error('usage: node server.mjs [port]');
   process.exit(2);
 }
 const env = (name, fallback) => process.env[name] || fallback;
 
-const issuer = `http://127.0.0.1:${port}`;
 const client = {
   client_id: env('IDP_CLIENT_ID', 'airlock-test'),
   client_secret: env('IDP_CLIENT_SECRET', 'airlock-test-secret'),
@@ -39,25 +40,28 @@ const account = {
 const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
 const signingKey = { ...privateKey.export({ format: 'jwk' }), kid: 'test-idp', use: 'sig', alg: 'RS256' };
 
-const provider = new Provider(issuer, {
-  clients: [client],
-  jwks: { keys: [signingKey] },
-  cookies: { keys: ['airlock-test-idp-cookies'] },
-  claims: {
-    openid: ['sub'],
-    email: ['email', 'email_verified'],
-    profile: ['name', 'preferred_username'],
-  },
-  // Only the one account exists: any other login the development pages accept finds no account.
-  async findAccount(ctx, id) {
-    if (id !== account.sub) return undefined;
-    return { accountId: id, async claims() { return { ...account }; } };
-  },
-  features: { devInteractions: { enabled: true } },
-});
-provider.on('server_error', (ctx, error) => console.error('server_error', error));
-
-const server = provider.listen(port, '127.0.0.1', () => {
+// The issuer names the port, which is known once the server is bound.
+const server = http.createServer();
+server.listen(port, '127.0.0.1', () => {
+  const issuer = `http://127.0.0.1:${server.address().port}`;
+  const provider = new Provider(issuer, {
+    clients: [client],
+    jwks: { keys: [signingKey] },
+    cookies: { keys: ['airlock-test-idp-cookies'] },
+    claims: {
+      openid: ['sub'],
+      email: ['email', 'email_verified'],
+      profile: ['name', 'preferred_username'],
+    },
+    // Only the one account exists: any other login the development pages accept finds no account.
+    async findAccount(ctx, id) {
+      if (id !== account.sub) return undefined;
+      return { accountId: id, async claims() { return { ...account }; } };
+    },
+    features: { devInteractions: { enabled: true } },
+  });
+  provider.on('server_error', (ctx, error) => console.error('server_error', error));
+  server.on('request', provider.callback());
   console.log(`ready ${issuer}`);
 });
 
