@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.cookiejar
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -50,6 +51,24 @@ def _database_url() -> str:
     return f"postgres://{user}{password}@{host}:{port}/{db['NAME']}"
 
 
+DAPHNE = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", "0", "portal.asgi:application"]
+
+
+def daphne_url(process: subprocess.Popen, log: Path, timeout: float = 30) -> str:
+    """The URL of a daphne started with DAPHNE (port 0: the system picks it when binding), once it answers."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        listening = re.search(r"Listening on TCP address (127\.0\.0\.1:\d+)", log.read_text())
+        if listening:
+            url = f"http://{listening[1]}"
+            _wait_for_http(f"{url}/healthz", process, log, timeout=max(1.0, deadline - time.monotonic()))
+            return url
+        if process.poll() is not None:
+            raise RuntimeError(f"daphne exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+        time.sleep(0.1)
+    raise RuntimeError(f"daphne did not listen within {timeout}s:\n{log.read_text()[-4000:]}")
+
+
 def _wait_for_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -85,7 +104,6 @@ def portal_processes(
     with django_db_blocker.unblock():
         database_url = _database_url()
     logs_dir = tmp_path_factory.mktemp("portal-logs")
-    port = free_port()
     run_id = uuid.uuid4().hex[:8]
     runner = "celery" if settings.REDIS_URL else "inline"
     env = {
@@ -97,9 +115,7 @@ def portal_processes(
         "AIRLOCK_CELERY_QUEUE": f"airlock-test-{run_id}",
         "PYTHONUNBUFFERED": "1",
     }
-    commands = [
-        ("daphne", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "portal.asgi:application"])
-    ]
+    commands = [("daphne", DAPHNE)]
     if runner == "celery":
         commands.append(
             (
@@ -128,10 +144,9 @@ def portal_processes(
         log = logs_dir / f"{name}.log"
         processes.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT))
         logs.append(log)
-    portal = PortalProcesses(url=f"http://127.0.0.1:{port}", runner=runner, processes=processes, logs=logs)
     try:
-        _wait_for_http(f"{portal.url}/healthz", processes[0], logs[0])
-        yield portal
+        url = daphne_url(processes[0], logs[0])
+        yield PortalProcesses(url=url, runner=runner, processes=processes, logs=logs)
     finally:
         for process in processes:
             process.terminate()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import subprocess
-import sys
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from audit.models import AuditCheckpoint, AuditDestination, AuditEvent
 from portal import scheduler
 from portal.scheduler import due_order
 from tests.fakes.siem import HttpReceiver, wait_for
-from tests.livesrv import ROOT, _database_url, _wait_for_http, free_port
+from tests.livesrv import DAPHNE, ROOT, _database_url, daphne_url
 
 
 @pytest.fixture
@@ -36,7 +35,7 @@ def webhook() -> Iterator[HttpReceiver]:
 
 def start_embedded_portal(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
     """daphne as `make run` starts it: inline runner, no broker, the embedded scheduler on."""
-    port, log = free_port(), tmp_path / "daphne.log"
+    log = tmp_path / "daphne.log"
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "portal.settings.test",
@@ -46,15 +45,10 @@ def start_embedded_portal(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
         "REDIS_URL": "",
         "PYTHONUNBUFFERED": "1",
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "portal.asgi:application"],
-        cwd=ROOT,
-        env=env,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-    )
+    with log.open("w") as log_file:
+        process = subprocess.Popen(DAPHNE, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     try:
-        _wait_for_http(f"http://127.0.0.1:{port}/healthz", process, log)
+        daphne_url(process, log)
     except BaseException:
         process.kill()
         process.wait(timeout=10)
@@ -121,4 +115,8 @@ def test_restarted_embedded_portal_delivers_the_siem_backlog_and_signs_a_checkpo
         assert wait_for(lambda: AuditCheckpoint.objects.filter(organization=org).exists(), timeout=30), log.read_text()
     finally:
         process.terminate()
-        process.wait(timeout=10)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
