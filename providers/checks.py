@@ -647,7 +647,9 @@ def _bedrock(provider: Provider, key: str, model: LanguageModel | None, scrub: _
                 inferenceConfig={"maxTokens": 1},
             )
         except Exception as exc:  # noqa: BLE001
-            failed = transport_words(exc, endpoint_host(made.meta.endpoint_url) if made is not None else "the Bedrock endpoint")
+            failed = transport_words(
+                exc, endpoint_host(made.meta.endpoint_url) if made is not None else "the Bedrock endpoint"
+            )
             if failed is not None:
                 raise failed from None
             code = str(exc.response.get("Error", {}).get("Code", "")) if isinstance(exc, ClientError) else ""
