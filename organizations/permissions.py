@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q
 
 from organizations.models import Membership, MembershipRole, Organization, Role
+
+if TYPE_CHECKING:
+    from audit.services import Actor
 
 ALL_ROLES = frozenset(Role.values)
 
@@ -74,7 +77,7 @@ def is_member(user: AbstractBaseUser | AnonymousUser, organization: Organization
     return user.is_superuser or Membership.objects.filter(user_id=user.pk, organization_id=organization.pk).exists()
 
 
-def require_actor_permission(actor: Any, organization: Organization, action: str) -> None:
+def require_actor_permission(actor: Actor, organization: Organization, action: str) -> None:
     """`require_permission` for a service's actor: Airlock itself (None, a SystemActor: the CLI, a bootstrap) is
     trusted, the agent acting for a user may never change settings, a user needs a role for the action."""
     from audit.services import AgentActor, SystemActor

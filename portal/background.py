@@ -40,7 +40,12 @@ class CoalescingWorkers:
                 return
             thread = threading.Thread(target=self._run, args=(key,), daemon=True, name=f"{self.name}-{key}")
             self._threads[key] = thread
-        thread.start()
+        try:
+            thread.start()
+        except BaseException:  # e.g. no more threads: forget it, so that the next wake-up tries again
+            with self._guard:
+                self._threads.pop(key, None)
+            raise
 
     def _run(self, key: int) -> None:
         try:

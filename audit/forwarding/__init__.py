@@ -88,11 +88,9 @@ def wake_due_inline() -> int:
     The threads deliver (one per organization, each destination under its own lock), so a slow SIEM never holds
     up the caller. Returns how many organizations were woken.
     """
-    from audit.forwarding.delivery import due_destination_ids
-    from audit.models import AuditDestination
+    from audit.forwarding.delivery import due_destinations
 
-    due = due_destination_ids()
-    organization_ids = set(AuditDestination.objects.filter(pk__in=due).values_list("organization_id", flat=True))
+    organization_ids = set(due_destinations().values_list("organization_id", flat=True))
     for organization_id in organization_ids:
         _wake_inline(organization_id)
     return len(organization_ids)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import F, QuerySet
 from django.db.models.functions import Greatest
 
 from audit.forwarding.senders import DeliveryError, build_sender, scrub
@@ -215,6 +215,11 @@ def deliver_destination(
 
 def due_destination_ids(organization_id: int | None = None) -> list[str]:
     """Enabled destinations that have events to send and are not backing off (one query)."""
+    return [str(pk) for pk in due_destinations(organization_id).values_list("pk", flat=True)]
+
+
+def due_destinations(organization_id: int | None = None) -> QuerySet[AuditDestination]:
+    """The queryset of enabled destinations that have events to send and are not backing off."""
     from django.db.models import OuterRef, Q, Subquery
 
     now = dt.datetime.now(dt.UTC)
@@ -227,7 +232,7 @@ def due_destination_ids(organization_id: int | None = None) -> list[str]:
     )
     if organization_id is not None:
         queryset = queryset.filter(organization_id=organization_id)
-    return [str(pk) for pk in queryset.values_list("pk", flat=True)]
+    return queryset
 
 
 def deliver_all_due(*, time_budget: float | None = None) -> list[DeliveryResult]:
