@@ -151,6 +151,7 @@ def export_stream_open(
             actor=actor,
             organization=organization,
             data={"format": params.format, **params.range_data(), "channel": "api", "row_count": None},
+            immediate=True,  # its sequence bounds the stream
         )
     upto = event.sequence - 1
     stats = ExportStats()

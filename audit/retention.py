@@ -184,6 +184,7 @@ def audit_purge(
             actor=actor,
             organization=organization,
             data={"reason": "legal hold", "legal_hold_reason": settings_row.legal_hold_reason},
+            immediate=True,  # the result names its sequence
         )
         return PurgeResult(**base, skipped=skipped, event_sequence=event.sequence)
     cutoff = now - dt.timedelta(days=settings_row.retention_days)
@@ -271,6 +272,7 @@ def audit_purge(
             "anchor": {"sequence": upper, "hash": new_anchor_hash},
             "kept": kept,
         },
+        immediate=True,  # the result names its sequence; the head is locked already
     )
     return PurgeResult(
         **{**base, "anchor_sequence": upper, "anchor_hash": new_anchor_hash},

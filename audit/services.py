@@ -83,6 +83,7 @@ def record(
     session_id: str | uuid.UUID | None = None,
     workspace_id: str | uuid.UUID | int | None = None,
     model_call_id: str | uuid.UUID | None = None,
+    immediate: bool = False,
 ) -> AuditEvent | AuditPendingEvent:
     """Append one event to the organization's chain, inside the caller's transaction.
 
@@ -94,6 +95,9 @@ def record(
     `AuditPendingEvent` in the caller's transaction (no chain-head lock) and chained after commit; the pending
     row is returned: it has no sequence or hash yet, and its `event_id` is the id the chained `AuditEvent` will
     have. If the caller's transaction rolls back, the pending row goes with it, so no event is ever chained.
+
+    `immediate=True` chains the event at once whatever the mode, for the rare caller that needs its sequence
+    (a streamed export's upper bound, a purge's result); both kinds of writer lock the same chain head.
     """
     if outcome not in _OUTCOMES:
         raise ValueError(f"Unknown audit outcome {outcome!r}")
@@ -121,7 +125,7 @@ def record(
         **_actor_fields(actor),
         **_target_fields(target, organization_id=organization.pk),
     )
-    if chaining_mode() == "batched":
+    if not immediate and chaining_mode() == "batched":
         return _record_pending(organization.pk, fields, action=action, data=data or {})
     fields["data"] = normalize(prepare_event_data(organization_id=organization.pk, action=action, data=data or {}))
     event = AuditEvent(id=uuid.uuid4(), organization_id=organization.pk, **fields)

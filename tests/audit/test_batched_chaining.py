@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import subprocess
 import sys
@@ -13,10 +14,12 @@ from pathlib import Path
 
 import pytest
 from django.db import connection, transaction
+from rest_framework.test import APIClient
 
 from audit import chaining, record
 from audit.chain import GENESIS_HASH
-from audit.models import AuditChainHead, AuditEvent, AuditPendingEvent
+from audit.models import AuditChainHead, AuditEvent, AuditPendingEvent, AuditSettings
+from audit.retention import audit_purge
 from audit.services import SystemActor
 from audit.verify import verify_chain
 from organizations.models import Organization
@@ -112,6 +115,40 @@ def test_immediate_and_batched_writers_share_one_chain(org, settings):
 
     assert second.sequence == 2
     assert actions(org) == [(1, "batched.first"), (2, "immediate.second"), (3, "batched.third")]
+    assert verify_chain(organization=org).ok
+
+
+def test_a_streamed_export_is_bounded_by_its_own_event_which_is_chained_at_once(org, owner):
+    for number in range(3):
+        record(action=f"before.{number}", actor=SystemActor(), organization=org)
+    assert chaining.wait_until_chained(10)
+    client = APIClient()
+    client.force_authenticate(owner)
+
+    response = client.get("/api/v1/orgs/acme/audit/export", {"format": "jsonl"})
+
+    exported = AuditEvent.objects.get(organization=org, action="audit.exported")
+    assert exported.sequence == 4  # chained before the body is read, not left pending
+    lines = b"".join(response.streaming_content).decode().splitlines()
+    assert [json.loads(line)["action"] for line in lines] == ["before.0", "before.1", "before.2"]
+
+
+def test_a_purge_and_a_purge_skipped_by_legal_hold_report_the_sequence_of_their_event(org, owner):
+    for number in range(4):
+        record(action=f"old.{number}", actor=SystemActor(), organization=org)
+    assert chaining.wait_until_chained(10)
+    AuditSettings.objects.create(organization=org, retention_days=30, legal_hold=True, legal_hold_reason="case 7")
+
+    skipped = audit_purge(organization=org, actor=owner)
+
+    assert skipped.skipped and skipped.event_sequence == 5
+    AuditSettings.objects.filter(organization=org).update(legal_hold=False)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=31)
+    # Everything but the newest event (a purge never removes the last one) has expired by then.
+    purged = audit_purge(organization=org, actor=owner, now=later)
+
+    assert (purged.purged, purged.event_sequence) == (4, 6)
+    assert AuditEvent.objects.get(organization=org, sequence=6).action == "audit.purged"
     assert verify_chain(organization=org).ok
 
 
