@@ -38,6 +38,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -119,8 +120,8 @@ def event_data(index: int) -> dict:
 # Workers (forked; each opens its own connection) ------------------------------------------------------------
 
 
-def record_worker(task: tuple[int, int, int, float]) -> float:
-    """Write `count` events with audit.record(), each in its own transaction; returns the seconds taken."""
+def record_worker(task: tuple[int, int, int, float]) -> tuple[float, float]:
+    """Write `count` events with audit.record(), each in its own transaction; returns (seconds, CPU seconds)."""
     org_id, count, worker, start_at = task
     from django.db import connection
 
@@ -131,7 +132,7 @@ def record_worker(task: tuple[int, int, int, float]) -> float:
     organization = Organization.objects.get(pk=org_id)
     actor = AgentActor(user=_BenchUser(), session_id=str(uuid.uuid4()))
     _wait(start_at)
-    began = time.perf_counter()
+    began, cpu_began = time.perf_counter(), time.process_time()
     for index in range(count):
         record(action="model.call", actor=actor, organization=organization, data=event_data(index), model_call_id=index)
     from audit.chaining import wait_until_chained
@@ -139,10 +140,10 @@ def record_worker(task: tuple[int, int, int, float]) -> float:
     wait_until_chained(300)  # batched mode: this process's chainer has moved what it was woken for
     elapsed = time.perf_counter() - began
     connection.close()
-    return elapsed
+    return elapsed, time.process_time() - cpu_began
 
 
-def plain_worker(task: tuple[int, int, int, float]) -> float:
+def plain_worker(task: tuple[int, int, int, float]) -> tuple[float, float]:
     """INSERT the same rows without the chain (disjoint sequence numbers), one per transaction (autocommit)."""
     org_id, count, worker, start_at = task
     import datetime as dt
@@ -159,7 +160,7 @@ def plain_worker(task: tuple[int, int, int, float]) -> float:
     sql = f"INSERT INTO {PLAIN_TABLE} ({columns}) VALUES ({', '.join(['%s'] * 23)})"
     session = str(uuid.uuid4())
     _wait(start_at)
-    began = time.perf_counter()
+    began, cpu_began = time.perf_counter(), time.process_time()
     with connection.cursor() as cursor:
         for index in range(count):
             cursor.execute(
@@ -192,7 +193,7 @@ def plain_worker(task: tuple[int, int, int, float]) -> float:
             )
     elapsed = time.perf_counter() - began
     connection.close()
-    return elapsed
+    return elapsed, time.process_time() - cpu_began
 
 
 class _BenchUser:
@@ -233,8 +234,40 @@ def wait_until_nothing_pending(timeout: float = 300.0) -> None:
         time.sleep(0.005)
 
 
-def run(worker, org_ids: list[int], per_writer: int) -> tuple[float, float]:
-    """Start WRITERS processes together; returns (events per second overall, wall seconds).
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds the whole machine has spent busy since boot (Linux /proc/stat), None elsewhere."""
+    try:
+        with open("/proc/stat") as stat:
+            ticks = [int(value) for value in stat.readline().split()[1:]]
+    except OSError:
+        return None
+    idle = ticks[3] + ticks[4]  # idle and iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a running process (Linux /proc), 0 where it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class RunFigures:
+    """One run: events per second overall, wall seconds, and CPU microseconds per event by where they went."""
+
+    rate: float
+    wall: float
+    cpu_writers: float
+    cpu_chainer: float
+    cpu_total: float | None  # the whole machine; the rest is the database (and this script's polling)
+
+
+def run(worker, org_ids: list[int], per_writer: int, chainer_pid: int | None) -> RunFigures:
+    """Start WRITERS processes together and measure them.
 
     The wall time ends when the writers are done and, in batched mode, when nothing is left pending.
     """
@@ -245,7 +278,10 @@ def run(worker, org_ids: list[int], per_writer: int) -> tuple[float, float]:
     tasks = [(org_ids[index % len(org_ids)], per_writer, index, start_at) for index in range(WRITERS)]
     began = time.time()
     with multiprocessing.get_context("fork").Pool(WRITERS) as pool:
-        pool.map(worker, tasks, chunksize=1)
+        _wait(start_at)
+        machine_began = busy_cpu_seconds()
+        chainer_began = process_cpu_seconds(chainer_pid) if chainer_pid else 0.0
+        results = pool.map(worker, tasks, chunksize=1)
     from django.conf import settings
 
     if worker is record_worker and settings.AUDIT_CHAINING == "batched":
@@ -257,8 +293,19 @@ def run(worker, org_ids: list[int], per_writer: int) -> tuple[float, float]:
             for org_id in org_ids:  # leftovers of a wake-up that lost the race to another process's chainer
                 chain_pending(org_id, wait=True)
     wall = time.time() - max(began, start_at)
+    machine_ended = busy_cpu_seconds()
+    chainer_cpu = process_cpu_seconds(chainer_pid) - chainer_began if chainer_pid else 0.0
     connections.close_all()
-    return WRITERS * per_writer / wall, wall
+    events = WRITERS * per_writer
+    per_event = 1e6 / events
+    machine_cpu = None if machine_began is None or machine_ended is None else machine_ended - machine_began
+    return RunFigures(
+        rate=events / wall,
+        wall=wall,
+        cpu_writers=sum(cpu for _elapsed, cpu in results) * per_event,
+        cpu_chainer=chainer_cpu * per_event,
+        cpu_total=None if machine_cpu is None else machine_cpu * per_event,
+    )
 
 
 def check_chains(org_ids: list[int], expected: int) -> None:
@@ -318,15 +365,15 @@ def main() -> None:
     settings.AUDIT_CHAINER = args.chainer  # inherited by the forked writers
     chainer = start_chainer_process() if args.chainer == "process" and args.chaining != "immediate" else None
     try:
-        measure(args, settings)
+        measure(args, settings, chainer_pid=chainer.pid if chainer is not None else None)
     finally:
         if chainer is not None:
             chainer.terminate()
             chainer.wait(timeout=30)
 
 
-def measure(args: argparse.Namespace, settings: Any) -> None:
-    """The runs, their figures and the verdict."""
+def measure(args: argparse.Namespace, settings: Any, *, chainer_pid: int | None) -> None:
+    """The runs, their figures (rates, and CPU per event by where it went) and the verdict."""
 
     per_writer = args.events
     modes = ["immediate", "batched"] if args.chaining == "both" else [args.chaining]
@@ -336,6 +383,7 @@ def measure(args: argparse.Namespace, settings: Any) -> None:
     ]
     runs += [("plain INSERT, 1 org", plain_worker, 1, None), ("plain INSERT, 8 orgs", plain_worker, WRITERS, None)]
     samples: dict[str, list[float]] = {label: [] for label, *_ in runs}
+    cpu_samples: dict[str, list[RunFigures]] = {label: [] for label, *_ in runs}
     ratios: dict[tuple[str, int], list[float]] = {}
     for repetition in range(args.repeat):
         rates = {}
@@ -343,14 +391,16 @@ def measure(args: argparse.Namespace, settings: Any) -> None:
             if mode is not None:
                 settings.AUDIT_CHAINING = mode  # inherited by the forked writers
             org_ids = reset(WRITERS)[:orgs]
-            rate, wall = run(worker, org_ids, per_writer)
+            figures = run(worker, org_ids, per_writer, chainer_pid if mode == "batched" else None)
             if worker is record_worker:
                 check_chains(org_ids, WRITERS * per_writer // orgs)
-            rates[label] = rate
-            samples[label].append(rate)
+            rates[label] = figures.rate
+            samples[label].append(figures.rate)
+            cpu_samples[label].append(figures)
             print(
                 f"[{repetition + 1}/{args.repeat}] {label:28s} {WRITERS} writers x {per_writer} events: "
-                f"{rate:8,.0f} events/s total, {rate / orgs:8,.0f} per organization ({wall:.2f} s)",
+                f"{figures.rate:8,.0f} events/s total, {figures.rate / orgs:8,.0f} per organization "
+                f"({figures.wall:.2f} s; {cpu_split(figures)})",
                 flush=True,
             )
         for mode in modes:  # ratios within one repetition: both rates saw the same machine
@@ -373,12 +423,39 @@ def measure(args: argparse.Namespace, settings: Any) -> None:
         print(f"{mode}: per organization, 8 orgs: {many / WRITERS:,.0f} events/s (target >= {TARGET_PER_ORG:,.0f})")
         met = one >= TARGET_PER_ORG and ratio_one >= TARGET_RATIO and ratio_many >= TARGET_RATIO
         print(f"{mode}: targets met" if met else f"{mode}: targets NOT met")
+    print()
+    print("CPU per event, medians (the database's share is the machine's busy time less the writers' and chainer's):")
+    for label, figures in cpu_samples.items():
+        print(f"  {label:28s} {cpu_split(median_figures(figures))}")
     print(f"(batched chainer: {args.chainer}; load average {os.getloadavg()[0]:.1f}: a shared machine lowers both")
     print(" rates, record() more)")
     if args.profile:
         org_ids = reset(1)
         print()
         print(profile_record(org_ids[0], 2000))
+
+
+def median_figures(figures: list[RunFigures]) -> RunFigures:
+    """Each figure's median over repetitions."""
+    totals = [figure.cpu_total for figure in figures if figure.cpu_total is not None]
+    return RunFigures(
+        rate=statistics.median(figure.rate for figure in figures),
+        wall=statistics.median(figure.wall for figure in figures),
+        cpu_writers=statistics.median(figure.cpu_writers for figure in figures),
+        cpu_chainer=statistics.median(figure.cpu_chainer for figure in figures),
+        cpu_total=statistics.median(totals) if totals else None,
+    )
+
+
+def cpu_split(figures: RunFigures) -> str:
+    """'CPU/event: N µs (writers W, chainer C, database D)', without the total where /proc/stat is missing."""
+    parts = f"writers {figures.cpu_writers:.0f}"
+    if figures.cpu_chainer:
+        parts += f", chainer {figures.cpu_chainer:.0f}"
+    if figures.cpu_total is None:
+        return f"CPU/event µs: {parts}"
+    rest = figures.cpu_total - figures.cpu_writers - figures.cpu_chainer
+    return f"CPU/event {figures.cpu_total:.0f} µs: {parts}, database {rest:.0f}"
 
 
 if __name__ == "__main__":
