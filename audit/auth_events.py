@@ -40,7 +40,7 @@ from django.db import transaction
 from django.http import HttpRequest
 
 from audit import context as audit_context
-from audit.models import AuditEvent, Outcome
+from audit.models import AuditEvent, AuditPendingEvent, Outcome
 from audit.secrets import without_secrets
 from audit.services import record
 from organizations.models import Organization
@@ -72,7 +72,7 @@ def auth_event_record(
     outcome: str = Outcome.SUCCESS,
     error: str = "",
     data: dict[str, Any] | None = None,
-) -> list[AuditEvent]:
+) -> list[AuditEvent | AuditPendingEvent]:
     """Write one authentication event into the chain of every organization the user belongs to."""
     organizations = _organizations_of(user)
     if not organizations:
@@ -94,7 +94,7 @@ def auth_event_record(
         ]
 
 
-def auth_login_failed_record(*, username: str, method: str = "password") -> list[AuditEvent]:
+def auth_login_failed_record(*, username: str, method: str = "password") -> list[AuditEvent | AuditPendingEvent]:
     """Audit a failed sign-in for the account the username names; an unknown username is only logged."""
     username = str(username or "")[:USERNAME_MAX_LENGTH]
     user_model = get_user_model()
@@ -131,7 +131,7 @@ def auth_sso_failed_record(
     idp_error: str = "",
     exception: str = "",
     detail: str = "",
-) -> list[AuditEvent]:
+) -> list[AuditEvent | AuditPendingEvent]:
     """Audit a failed SSO hand-shake for the signed-in user it happened to; with nobody signed in, only log it.
 
     `detail` (an exception's text, the IdP's error description) goes to the log only, never into an event.

@@ -33,6 +33,8 @@ Who runs the chainer (`AUDIT_CHAINER`):
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import logging
 import threading
@@ -78,6 +80,16 @@ def chain_pending(organization_id: int, *, limit: int = 5000, wait: bool = False
     the rows); with `wait=True` it queues for the lock.
     """
     return _chain(organization_id, limit=limit, wait=wait) or 0
+
+
+def chain_committed(organization_id: int) -> None:
+    """Chain every event of the organization already committed, so that what follows sees the whole chain.
+
+    For callers that read or sign the chain head (exports, checkpoints): in batched mode a committed event may
+    still be pending, and the head would not cover it. Queues behind another chainer; in immediate mode there
+    is nothing pending and this costs one query.
+    """
+    chain_pending(organization_id, wait=True)
 
 
 def _chain(organization_id: int, *, limit: int, wait: bool) -> int | None:
@@ -380,8 +392,20 @@ def wake_chainer(organization_id: int) -> None:
         return
     try:
         _chainers.wake(organization_id)
+        _chain_before_exit()
     except Exception:  # the event is committed; the sweep chains it
         logger.exception("could not wake the audit chainer for organization %s", organization_id)
+
+
+# How long a process that is exiting waits for its chainer threads (they are daemons: exit would kill them).
+EXIT_WAIT_SECONDS = 30.0
+
+
+@functools.cache
+def _chain_before_exit() -> None:
+    """Once per process: at exit, wait for the chainer threads, so that a short-lived process (a management
+    command, a script) leaves no event pending for want of a sweep."""
+    atexit.register(wait_until_chained, EXIT_WAIT_SECONDS)
 
 
 def run_chainer(*, stop: threading.Event, idle_seconds: float | None = None) -> int:

@@ -18,6 +18,7 @@ from django.db.models import OuterRef, Subquery
 
 from audit import signing
 from audit.chain import canonical_json, format_time
+from audit.chaining import chain_committed
 from audit.models import AuditChainHead, AuditCheckpoint
 from audit.services import Actor, SystemActor, record
 from organizations.models import Organization
@@ -57,6 +58,7 @@ def checkpoint_write(*, organization: Organization, actor: Actor = None) -> Audi
     """Sign the organization's current chain head, store the checkpoint and record `audit.checkpoint`."""
     # Read the key first: a missing key fails before anything is locked or written.
     key_id = signing.key_id()
+    chain_committed(organization.pk)  # sign a head that covers every committed event (batched chaining)
     head, _ = AuditChainHead.objects.select_for_update().get_or_create(organization_id=organization.pk)
     signed_at = dt.datetime.now(dt.UTC)
     message = checkpoint_message(
@@ -83,6 +85,7 @@ def checkpoint_write(*, organization: Organization, actor: Actor = None) -> Audi
             "key_id": key_id,
             "signature": checkpoint.signature,
         },
+        immediate=True,  # the announcement is the event right after the head it signs
     )
     return checkpoint
 

@@ -33,6 +33,7 @@ from django.utils import timezone
 
 from audit import record, signing
 from audit.chain import GENESIS_HASH, canonical_json, format_time
+from audit.chaining import chain_committed
 from audit.exporters import FORMATS, ExportStats, formatter, iter_export_bytes, iter_value_pages
 from audit.models import AuditChainHead, AuditExport, ExportFormat, ExportStatus
 from audit.selectors import VIEW_ACTION
@@ -145,6 +146,7 @@ def export_stream_open(
     before the body is streamed; its row count is unknown (null) because the body is read after the view.
     """
     _check_actor(actor, organization)
+    chain_committed(organization.pk)  # the stream ends before its own event: nothing committed earlier is left out
     with transaction.atomic():
         event = record(
             action=EXPORTED,
@@ -203,6 +205,7 @@ def export_write(
     """
     _check_actor(actor, organization)
     key_id = signing.key_id() if sign else ""  # fail before writing anything when no key is configured
+    chain_committed(organization.pk)  # the manifest's head covers every event committed before the export
     head_sequence, head_hash = _head(organization)
     stats = ExportStats()
     for chunk in _chunks(organization, params, head_sequence, stats):

@@ -7,7 +7,7 @@ from typing import Any
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 
-from audit.models import AuditEvent
+from audit.models import AuditEvent, AuditPendingEvent
 from audit.services import record
 from organizations.models import Organization
 
@@ -21,7 +21,7 @@ def audit_viewed_record(
     filters: dict[str, Any] | None = None,
     page: dict[str, Any] | None = None,
     event_id: str = "",
-) -> AuditEvent:
+) -> AuditEvent | AuditPendingEvent:
     """Record that a user read the organization's audit log: what view, with which filters, which page."""
     data: dict[str, Any] = {"view": view, "filters": filters or {}}
     if page is not None:

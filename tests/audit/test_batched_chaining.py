@@ -18,12 +18,14 @@ from rest_framework.test import APIClient
 
 from audit import chaining, record
 from audit.chain import GENESIS_HASH
+from audit.checkpoints import checkpoint_write, organizations_needing_checkpoint
+from audit.export_services import export_params_parse, export_to_file
 from audit.models import AuditChainHead, AuditEvent, AuditPendingEvent, AuditSettings
 from audit.retention import audit_purge
 from audit.services import SystemActor
 from audit.verify import verify_chain
 from organizations.models import Organization
-from tests.factories import OrganizationFactory
+from tests.factories import OrganizationFactory, UserFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -118,19 +120,59 @@ def test_immediate_and_batched_writers_share_one_chain(org, settings):
     assert verify_chain(organization=org).ok
 
 
-def test_a_streamed_export_is_bounded_by_its_own_event_which_is_chained_at_once(org, owner):
-    for number in range(3):
-        record(action=f"before.{number}", actor=SystemActor(), organization=org)
-    assert chaining.wait_until_chained(10)
+@pytest.fixture
+def left_pending(org, settings) -> list[AuditPendingEvent]:
+    """Three committed events still pending: a chainer process is said to run, so no thread chains them."""
+    settings.AUDIT_CHAINER = "process"
+    pending = [record(action=f"before.{number}", actor=SystemActor(), organization=org) for number in range(3)]
+    assert AuditPendingEvent.objects.count() == 3
+    return pending
+
+
+def test_a_streamed_export_holds_every_event_committed_before_it(org, owner, left_pending):
     client = APIClient()
     client.force_authenticate(owner)
 
     response = client.get("/api/v1/orgs/acme/audit/export", {"format": "jsonl"})
 
-    exported = AuditEvent.objects.get(organization=org, action="audit.exported")
-    assert exported.sequence == 4  # chained before the body is read, not left pending
     lines = b"".join(response.streaming_content).decode().splitlines()
     assert [json.loads(line)["action"] for line in lines] == ["before.0", "before.1", "before.2"]
+    assert actions(org) == [(1, "before.0"), (2, "before.1"), (3, "before.2"), (4, "audit.exported")]
+
+
+def test_a_file_export_and_its_manifest_cover_every_event_committed_before_it(org, left_pending, tmp_path):
+    result = export_to_file(
+        actor=SystemActor("cli:test"),
+        organization=org,
+        params=export_params_parse(format="jsonl"),
+        path=tmp_path / "acme.jsonl",
+    )
+
+    assert result.stats.row_count == 3
+    assert (result.manifest["head_sequence"], result.manifest["last_sequence"]) == (3, 3)
+    assert len((tmp_path / "acme.jsonl").read_text().splitlines()) == 3
+
+
+def test_a_checkpoint_signs_every_event_committed_before_it_and_is_announced_right_after(org, left_pending):
+    checkpoint = checkpoint_write(organization=org)
+
+    assert checkpoint.sequence == 3
+    assert actions(org)[-1] == (4, "audit.checkpoint")
+    assert list(organizations_needing_checkpoint()) == []  # the head moved only by its own announcement
+
+
+def test_a_management_command_chains_its_events_before_the_process_exits(manage_py, monkeypatch, db):
+    UserFactory(username="wendy")
+    monkeypatch.setenv("AIRLOCK_AUDIT_CHAINING", "batched")
+    monkeypatch.setenv("AIRLOCK_AUDIT_CHAINER", "thread")
+
+    run = manage_py("orgs", "create", "initech", "--name", "Initech", "--owner", "wendy")
+
+    assert run.returncode == 0, run.stderr
+    assert not AuditPendingEvent.objects.exists()  # no sweep runs: the exiting command chained them
+    initech = Organization.objects.get(slug="initech")
+    assert [action for _sequence, action in actions(initech)][:1] == ["org.created"]
+    assert verify_chain(organization=initech).ok
 
 
 def test_a_purge_and_a_purge_skipped_by_legal_hold_report_the_sequence_of_their_event(org, owner):
