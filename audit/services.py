@@ -5,15 +5,16 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connections, models, router, transaction
+from django.db.models.base import ModelState
 
 from audit import context as audit_context
 from audit.chain import chain_hash, clean_text, event_document, normalize
-from audit.chaining import chaining_mode, wake_chainer
+from audit.chaining import chainer_kind, chaining_mode, wake_chainer
 from audit.forwarding import schedule_forwarding
 from audit.models import ActorType, AuditChainHead, AuditEvent, AuditPendingEvent, Outcome
 from audit.policy import prepare_event_data, prepare_event_json, prepare_event_text
@@ -28,6 +29,12 @@ class AgentActor:
     user: AbstractBaseUser
     session_id: str
 
+    @cached_property
+    def audit_fields(self) -> dict[str, str]:
+        """The actor columns of this actor's events (built once: an agent's turn writes many)."""
+        display = _text(f"agent acting for {self.user.get_username()} in session {self.session_id}", 200)
+        return {"actor_type": ActorType.AGENT.value, "actor_id": str(self.user.pk), "actor_display": display}
+
 
 @dataclass(frozen=True)
 class SystemActor:
@@ -38,7 +45,10 @@ class SystemActor:
 
 Actor = AbstractBaseUser | AgentActor | SystemActor | None
 
-_OUTCOMES = frozenset(Outcome.values)
+# Plain strings for the stored outcome, whichever way the caller gave it (an `Outcome` member or its value).
+_OUTCOME_VALUES = {value: value for value in Outcome.values}
+_NO_TARGET = {"target_type": "", "target_id": "", "target_display": ""}
+_SYSTEM_ACTOR = {"actor_type": ActorType.SYSTEM.value, "actor_id": "", "actor_display": "system"}
 
 
 def _text(value: object, limit: int) -> str:
@@ -48,27 +58,32 @@ def _text(value: object, limit: int) -> str:
 
 def _actor_fields(actor: Actor) -> dict[str, str]:
     if actor is None:
-        return {"actor_type": ActorType.SYSTEM, "actor_id": "", "actor_display": "system"}
-    if isinstance(actor, SystemActor):
-        return {"actor_type": ActorType.SYSTEM, "actor_id": "", "actor_display": _text(actor.name, 200)}
+        return _SYSTEM_ACTOR
     if isinstance(actor, AgentActor):
-        return {
-            "actor_type": ActorType.AGENT,
-            "actor_id": str(actor.user.pk),
-            "actor_display": _text(f"agent acting for {actor.user.get_username()} in session {actor.session_id}", 200),
-        }
-    return {"actor_type": ActorType.USER, "actor_id": str(actor.pk), "actor_display": _text(actor.get_username(), 200)}
+        return actor.audit_fields
+    if isinstance(actor, SystemActor):
+        return {"actor_type": ActorType.SYSTEM.value, "actor_id": "", "actor_display": _text(actor.name, 200)}
+    display = _text(actor.get_username(), 200)
+    return {"actor_type": ActorType.USER.value, "actor_id": str(actor.pk), "actor_display": display}
 
 
 def _target_fields(target: models.Model | None, *, organization_id: int) -> dict[str, str]:
     if target is None:
-        return {"target_type": "", "target_id": "", "target_display": ""}
+        return _NO_TARGET
     return {
         "target_type": target._meta.label_lower,
         "target_id": str(target.pk),
         # A session's title is the start of its prompt: mask it like any other free text.
         "target_display": _text(prepare_event_text(organization_id=organization_id, text=str(target)), 300),
     }
+
+
+def _correlation_id(name: str, value: object) -> str:
+    """A correlation id as stored (empty when not given); ValueError past the column's 64 characters."""
+    text = str(value) if value else ""
+    if len(text) > 64:
+        raise ValueError(f"Audit {name} must be at most 64 characters, got {text[:80]!r}")
+    return text
 
 
 def record(
@@ -99,44 +114,43 @@ def record(
     `immediate=True` chains the event at once whatever the mode, for the rare caller that needs its sequence
     (a streamed export's upper bound, a purge's result); both kinds of writer lock the same chain head.
     """
-    if outcome not in _OUTCOMES:
+    stored_outcome = _OUTCOME_VALUES.get(outcome)
+    if stored_outcome is None:
         raise ValueError(f"Unknown audit outcome {outcome!r}")
     if not action or len(action) > 100:
         raise ValueError(f"Audit action must be a dotted name of 1 to 100 characters, got {action!r}")
-    request = audit_context.current()
+    request = audit_context.current()  # its fields are already cleaned and cut to their columns
     if isinstance(actor, AgentActor) and session_id is None:
         session_id = actor.session_id
-    for name, value in (("session_id", session_id), ("workspace_id", workspace_id), ("model_call_id", model_call_id)):
-        if len(str(value or "")) > 64:
-            raise ValueError(f"Audit {name} must be at most 64 characters, got {str(value)[:80]!r}")
+    organization_id = organization.pk
     # Everything that does not depend on the chain is prepared before the head is locked: the lock is held
     # only for the hash and the write, so writers of one organization queue for as short a time as possible.
-    fields = dict(
-        action=action,
-        outcome=outcome,
-        error=_text(prepare_event_text(organization_id=organization.pk, text=str(error or "")), 4000),
-        auth_method=request.auth_method if not isinstance(actor, AgentActor | SystemActor) else "",
-        source_ip=_text(request.source_ip, 64),
-        user_agent=_text(request.user_agent, 500),
-        request_id=_text(request.request_id, 64),
-        session_id=str(session_id or ""),
-        workspace_id=str(workspace_id or ""),
-        model_call_id=str(model_call_id or ""),
+    fields = {
+        "action": action,
+        "outcome": stored_outcome,
+        "error": _text(prepare_event_text(organization_id=organization_id, text=str(error)), 4000) if error else "",
+        "auth_method": "" if isinstance(actor, AgentActor | SystemActor) else request.auth_method,
+        "source_ip": request.source_ip,
+        "user_agent": request.user_agent,
+        "request_id": request.request_id,
+        "session_id": _correlation_id("session_id", session_id),
+        "workspace_id": _correlation_id("workspace_id", workspace_id),
+        "model_call_id": _correlation_id("model_call_id", model_call_id),
         **_actor_fields(actor),
-        **_target_fields(target, organization_id=organization.pk),
-    )
+        **_target_fields(target, organization_id=organization_id),
+    }
     if not immediate and chaining_mode() == "batched":
-        return _record_pending(organization.pk, fields, action=action, data=data or {})
-    fields["data"] = normalize(prepare_event_data(organization_id=organization.pk, action=action, data=data or {}))
-    event = AuditEvent(id=uuid.uuid4(), organization_id=organization.pk, **fields)
+        return _record_pending(organization_id, fields, action=action, data=data or {})
+    fields["data"] = normalize(prepare_event_data(organization_id=organization_id, action=action, data=data or {}))
+    event = AuditEvent(id=uuid.uuid4(), organization_id=organization_id, **fields)
     with transaction.atomic():
-        head_sequence, head_hash = _lock_chain_head(organization.pk)
+        head_sequence, head_hash = _lock_chain_head(organization_id)
         event.sequence = head_sequence + 1
         event.occurred_at = dt.datetime.now(dt.UTC)  # taken under the lock: time follows the sequence
         event.prev_hash = head_hash
         event.hash = chain_hash(head_hash, event_document(event))
         _append(event)
-        transaction.on_commit(partial(schedule_forwarding, organization.pk))
+        transaction.on_commit(partial(schedule_forwarding, organization_id))
     return event
 
 
@@ -157,17 +171,32 @@ def _record_pending(
     if connection.vendor == "postgresql":
         fields["data"], data_json = prepare_event_json(organization_id=organization_id, action=action, data=data)
         fields["id"] = _insert_pending_postgresql(connection, fields, data_json=data_json)
-        pending = AuditPendingEvent.from_db(connection.alias, _MODEL_ATTNAMES, [fields[n] for n in _MODEL_ATTNAMES])
+        pending = _loaded_pending(connection.alias, fields)
     else:
         fields["data"] = normalize(prepare_event_data(organization_id=organization_id, action=action, data=data))
         pending = AuditPendingEvent(**fields)
         pending.save(force_insert=True)
-    transaction.on_commit(partial(wake_chainer, organization_id))
+    if chainer_kind() != "process":  # a dedicated chainer process polls: nothing to wake
+        transaction.on_commit(partial(wake_chainer, organization_id))
     return pending
 
 
-# Every concrete field in model order (for the positional constructor) and the inserted ones (all but the id).
-_MODEL_ATTNAMES = [field.attname for field in AuditPendingEvent._meta.concrete_fields]
+def _loaded_pending(alias: str, values: dict[str, Any]) -> AuditPendingEvent:
+    """The pending row just written as a model instance, from its column values by attribute name.
+
+    Built the way unpickling builds one (`Model.__reduce__`): without `__init__`, whose per-field work costs a
+    batched writer more than everything else it does in Python for an event. `values` must hold every
+    concrete field's attname.
+    """
+    instance = AuditPendingEvent.__new__(AuditPendingEvent)
+    instance.__dict__.update(values)
+    instance._state = ModelState()
+    instance._state.adding = False
+    instance._state.db = alias
+    return instance
+
+
+# The inserted fields (all but the id).
 _PENDING_FIELDS = [field for field in AuditPendingEvent._meta.concrete_fields if not field.primary_key]
 _PENDING_ATTNAMES = [field.attname for field in _PENDING_FIELDS]
 

@@ -15,7 +15,8 @@ import pytest
 
 from audit import chaining, record
 from audit.chain import storable_json
-from audit.models import AuditEvent, AuditSettings, ContentPolicy
+from audit.context import bound
+from audit.models import AuditEvent, AuditPendingEvent, AuditSettings, ContentPolicy
 from audit.policy import invalidate_policy
 from audit.secrets import SECRET_KEYS, SECRET_PATTERNS, may_hold_secrets
 from audit.services import SystemActor
@@ -157,3 +158,17 @@ def test_postgresql_formats_the_time_as_the_hash_rule_does(moment):
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT to_char(%s::timestamptz AT TIME ZONE 'UTC', '{PG_TIME_FORMAT}')", [moment])
         assert cursor.fetchone()[0] == format_time(moment)
+
+
+def test_the_returned_pending_event_holds_what_its_row_holds(org, owner, settings):
+    settings.AUDIT_CHAINER = "process"  # nothing chains it away before it is read back
+    settings.AUDIT_CHAINING = "batched"
+    with bound(request_id="req-9", source_ip="10.0.0.9", user_agent="pytest", auth_method="session"):
+        pending = record(action="prompt.submitted", actor=owner, organization=org, target=org, data={"text": "hi"})
+
+    row = AuditPendingEvent.objects.get(pk=pending.pk)
+    fields = [field.attname for field in AuditPendingEvent._meta.concrete_fields]
+    assert {name: getattr(pending, name) for name in fields} == {name: getattr(row, name) for name in fields}
+    assert not pending._state.adding
+    pending.refresh_from_db()  # an ordinary instance of its row
+    assert (pending.action, pending.actor_display) == ("prompt.submitted", owner.get_username())

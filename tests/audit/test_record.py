@@ -152,6 +152,20 @@ def test_overlong_display_fields_are_cut_to_fit_and_still_verify(org, owner):
     assert verify_chain(organization=org).ok
 
 
+def test_request_facts_are_stored_cleaned_and_cut_to_their_columns(org, owner):
+    with bound(request_id="r" * 80, source_ip="10.0.0.1\x00", user_agent="Agent/" + "x" * 600, auth_method="s" * 40):
+        event = record(action="auth.login", actor=owner, organization=org)
+
+    stored = AuditEvent.objects.get(pk=event.pk)
+    assert (len(stored.request_id), stored.source_ip, len(stored.user_agent), len(stored.auth_method)) == (
+        64,
+        "10.0.0.1\ufffd",
+        500,
+        32,
+    )
+    assert verify_chain(organization=org).ok
+
+
 def test_unknown_outcome_is_refused(org, owner):
     with pytest.raises(ValueError, match="Unknown audit outcome 'maybe'"):
         record(action="auth.login", actor=owner, organization=org, outcome="maybe")
