@@ -207,15 +207,17 @@ def audit_purge(
         return PurgeResult(**base)
 
     upper, kept = expired_through, []
+    # A paused destination counts too: it keeps its place and catches up when resumed (delete it to let go).
     destination = (
-        AuditDestination.objects.filter(organization_id=organization.pk, enabled=True)
+        AuditDestination.objects.filter(organization_id=organization.pk)
         .order_by("delivered_sequence", "name")
-        .values_list("name", "delivered_sequence")
+        .values_list("name", "delivered_sequence", "enabled")
         .first()
     )
     if destination is not None and destination[1] < upper:
-        name, delivered = destination
-        kept.append(f"{_seq_range(delivered + 1, upper)} not yet delivered to SIEM destination {name!r}")
+        name, delivered, enabled = destination
+        which = "SIEM destination" if enabled else "paused SIEM destination"
+        kept.append(f"{_seq_range(delivered + 1, upper)} not yet delivered to {which} {name!r}")
         upper = delivered
     checkpoint = (
         AuditCheckpoint.objects.filter(organization_id=organization.pk)

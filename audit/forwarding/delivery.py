@@ -64,7 +64,8 @@ def backoff_seconds(failures: int) -> float:
     """Exponential backoff with jitter after `failures` consecutive failures, capped (5 minutes by default)."""
     base = float(getattr(settings, "AUDIT_FORWARDING_BACKOFF_BASE_SECONDS", 2.0))
     cap = float(getattr(settings, "AUDIT_FORWARDING_BACKOFF_MAX_SECONDS", 300.0))
-    delay = min(cap, base * (2 ** max(failures - 1, 0)))
+    # The exponent is bounded before it is used: days of failures must not overflow a float.
+    delay = min(cap, base * 2.0 ** min(max(failures - 1, 0), 64))
     return delay / 2 + random.uniform(0, delay / 2)
 
 
@@ -101,7 +102,8 @@ def _claimed(destination_id: str) -> Iterator[AuditDestination | None]:
         yield AuditDestination.objects.select_related("organization").filter(pk=destination_id).first()
 
 
-def _decrypted(destination: AuditDestination) -> str:
+def destination_secret(destination: AuditDestination) -> str:
+    """The destination's decrypted secret ("" without one); DeliveryError when no configured key opens it."""
     if not destination.secret_encrypted:
         return ""
     try:
@@ -158,7 +160,7 @@ def _one_batch(destination_id: str, *, batch_size: int, force: bool, result: Del
             return False
         secret = ""
         try:
-            secret = _decrypted(destination)
+            secret = destination_secret(destination)
             build_sender(destination, secret).send(rows)
         except DeliveryError as exc:
             message = scrub(str(exc), secret)

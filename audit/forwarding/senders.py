@@ -37,6 +37,12 @@ SYSLOG_SD_ID = "airlock@32473"
 SYSLOG_DEFAULT_FACILITY = 13  # "log audit"
 # Severity by outcome: success = informational, failure = notice, denied = warning.
 SYSLOG_SEVERITY = {Outcome.SUCCESS: 6, Outcome.FAILURE: 5, Outcome.DENIED: 4}
+SYSLOG_BOM = b"\xef\xbb\xbf"
+# Longest message sent whole (syslog-ng's default limit; rsyslog's is 8 KiB): `max_message_bytes` option.
+SYSLOG_MAX_MESSAGE_BYTES = 64 * 1024
+SYSLOG_MIN_MESSAGE_BYTES = 2048  # what RFC 5425 says every receiver must accept
+# What a message cut to its limit still says of the event (with its size and sha256).
+SYSLOG_STAND_IN_FIELDS = ("id", "organization", "sequence", "occurred_at", "action", "outcome", "hash")
 MAX_RESPONSE_BYTES = 64 * 1024
 USER_AGENT = "airlock-audit-forwarder"
 
@@ -69,7 +75,9 @@ def hec_endpoint(url: str) -> str:
     """The HEC event endpoint for a URL given as a base (`https://splunk:8088`) or as the full endpoint."""
     parts = urlsplit(url)
     path = parts.path.rstrip("/")
-    if not path.endswith("/services/collector/event") and not path.endswith("/services/collector/event/1.0"):
+    if path.endswith("/services/collector"):
+        path += "/event"
+    elif not path.endswith("/services/collector/event") and not path.endswith("/services/collector/event/1.0"):
         path = path + HEC_PATH
     return parts._replace(path=path).geturl()
 
@@ -134,6 +142,9 @@ class SplunkHecSender:
     index: str = ""
     hostname: str = ""
     organization_slug: str = ""
+    # A GUID per destination: HEC requires a request channel when the token has indexer acknowledgement on,
+    # and ignores it otherwise.
+    channel: str = ""
 
     def body(self, rows: Sequence[Any]) -> bytes:
         """The HEC payload: one JSON object per event, separated by newlines."""
@@ -157,7 +168,11 @@ class SplunkHecSender:
         status, answer = _post(
             endpoint,
             self.body(rows),
-            {"Authorization": f"Splunk {self.token}", "Content-Type": "application/json"},
+            {
+                "Authorization": f"Splunk {self.token}",
+                "Content-Type": "application/json",
+                **({"X-Splunk-Request-Channel": self.channel} if self.channel else {}),
+            },
             self.ca_certificate,
         )
         try:
@@ -172,9 +187,18 @@ class SplunkHecSender:
         raise DeliveryError(f"Splunk HEC answered HTTP {status}: {detail}")
 
 
-def webhook_signature(secret: str, body: bytes) -> str:
-    """The X-Airlock-Signature header value: `sha256=` and the hex HMAC-SHA256 of the raw body."""
-    return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+def webhook_signature(secret: str, timestamp: str, body: bytes) -> str:
+    """The X-Airlock-Signature header value: `sha256=` and the hex HMAC-SHA256 of `<timestamp>.<raw body>`.
+
+    The timestamp (X-Airlock-Timestamp, Unix seconds) is signed with the body, so that a receiver that rejects
+    old timestamps also rejects a captured request sent again.
+    """
+    message = timestamp.encode("ascii") + b"." + body
+    return "sha256=" + hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
+
+
+# Namespace of the X-Airlock-Delivery ids (uuid5 of the destination and the batch's sequence range).
+_DELIVERY_NAMESPACE = uuid.UUID("6f1d7c3e-8a52-4d0b-9c1e-5b7f2a4e9d13")
 
 
 @dataclass
@@ -185,16 +209,23 @@ class WebhookSender:
     secret: str
     ca_certificate: str = ""
     organization_slug: str = ""
+    destination_id: str = ""
 
     def send(self, rows: Sequence[Any]) -> None:
-        """POST the batch with its signature, timestamp and delivery id."""
+        """POST the batch with its signature, timestamp and delivery id.
+
+        The delivery id is the same whenever the same events are sent again (a retry after a lost answer), so
+        a receiver can drop a repeated batch whole; each event also carries its own id.
+        """
         slug = self.organization_slug
         body = _json_bytes({"events": [event_as_json(row, organization_slug=slug) for row in rows]})
+        timestamp = str(int(time.time()))
+        batch = f"{self.destination_id}:{rows[0].id}:{rows[-1].id}:{len(rows)}" if rows else str(uuid.uuid4())
         headers = {
             "Content-Type": "application/json",
-            "X-Airlock-Signature": webhook_signature(self.secret, body),
-            "X-Airlock-Timestamp": str(int(time.time())),
-            "X-Airlock-Delivery": str(uuid.uuid4()),
+            "X-Airlock-Signature": webhook_signature(self.secret, timestamp, body),
+            "X-Airlock-Timestamp": timestamp,
+            "X-Airlock-Delivery": str(uuid.uuid5(_DELIVERY_NAMESPACE, batch)),
         }
         status, answer = _post(self.url, body, headers, self.ca_certificate)
         if 200 <= status < 300:
@@ -217,9 +248,20 @@ def _sd_value(text: str) -> str:
 
 
 def syslog_message(
-    row: Any, *, hostname: str, facility: int = SYSLOG_DEFAULT_FACILITY, organization_slug: str = ""
+    row: Any,
+    *,
+    hostname: str,
+    facility: int = SYSLOG_DEFAULT_FACILITY,
+    organization_slug: str = "",
+    max_bytes: int = SYSLOG_MAX_MESSAGE_BYTES,
 ) -> bytes:
-    """One RFC 5424 message: `<PRI>1 TIMESTAMP HOSTNAME airlock - ACTION [airlock@32473 seq id] JSON`."""
+    """One RFC 5424 message: `<PRI>1 TIMESTAMP HOSTNAME airlock - ACTION [airlock@32473 seq id] BOM JSON`.
+
+    The MSG is UTF-8 and so starts with a byte order mark (RFC 5424 section 6.4). A message longer than
+    `max_bytes` (receivers cut or drop what passes their limit, silently) carries a stand-in instead of the
+    event: its id, sequence, action, outcome and time, `"truncated": true`, and the size and sha256 of the
+    event's JSON, to be fetched whole from Airlock's log.
+    """
     severity = SYSLOG_SEVERITY.get(row.outcome, 5)
     header = " ".join(
         [
@@ -235,7 +277,14 @@ def syslog_message(
         f'[{SYSLOG_SD_ID} seq="{row.sequence}" id="{_sd_value(str(row.id))}" '
         f'org="{row.organization_id}" outcome="{_sd_value(str(row.outcome))}"]'
     )
-    return f"{header} {structured} ".encode() + _json_bytes(event_as_json(row, organization_slug=organization_slug))
+    prefix = f"{header} {structured} ".encode() + SYSLOG_BOM
+    event = event_as_json(row, organization_slug=organization_slug)
+    body = _json_bytes(event)
+    if len(prefix) + len(body) > max_bytes:
+        stand_in = {name: event.get(name) for name in SYSLOG_STAND_IN_FIELDS}
+        stand_in.update(truncated=True, bytes=len(body), sha256=hashlib.sha256(body).hexdigest())
+        body = _json_bytes(stand_in)
+    return prefix + body
 
 
 def octet_frame(message: bytes) -> bytes:
@@ -259,13 +308,18 @@ class SyslogSender:
     hostname: str = ""
     facility: int = SYSLOG_DEFAULT_FACILITY
     organization_slug: str = ""
+    max_message_bytes: int = SYSLOG_MAX_MESSAGE_BYTES
 
     def send(self, rows: Sequence[Any]) -> None:
         """Write the framed messages, half-close, and wait for the receiver's close."""
         payload = b"".join(
             octet_frame(
                 syslog_message(
-                    row, hostname=self.hostname, facility=self.facility, organization_slug=self.organization_slug
+                    row,
+                    hostname=self.hostname,
+                    facility=self.facility,
+                    organization_slug=self.organization_slug,
+                    max_bytes=self.max_message_bytes,
                 )
             )
             for row in rows
@@ -309,10 +363,15 @@ def build_sender(destination: AuditDestination, secret: str) -> Sender:
             index=str(options.get("index") or ""),
             hostname=hostname,
             organization_slug=slug,
+            channel=str(uuid.uuid5(_DELIVERY_NAMESPACE, f"hec-channel:{destination.pk}")),
         )
     if destination.kind == DestinationKind.WEBHOOK:
         return WebhookSender(
-            url=destination.url, secret=secret, ca_certificate=destination.ca_certificate, organization_slug=slug
+            url=destination.url,
+            secret=secret,
+            ca_certificate=destination.ca_certificate,
+            organization_slug=slug,
+            destination_id=str(destination.pk),
         )
     if destination.kind == DestinationKind.SYSLOG:
         return SyslogSender(
@@ -323,6 +382,7 @@ def build_sender(destination: AuditDestination, secret: str) -> Sender:
             hostname=hostname,
             facility=int(options.get("facility", SYSLOG_DEFAULT_FACILITY)),
             organization_slug=slug,
+            max_message_bytes=int(options.get("max_message_bytes", SYSLOG_MAX_MESSAGE_BYTES)),
         )
     raise DeliveryError(f"unknown destination kind {destination.kind!r}")
 

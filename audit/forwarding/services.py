@@ -20,13 +20,13 @@ from django.db import IntegrityError, transaction
 
 import audit
 from audit.forwarding import forget_destinations, schedule_forwarding
-from audit.forwarding.delivery import head_sequence
-from audit.forwarding.senders import DeliveryError, build_sender, probe_row, scrub
+from audit.forwarding.delivery import destination_secret, head_sequence
+from audit.forwarding.senders import SYSLOG_MIN_MESSAGE_BYTES, DeliveryError, build_sender, probe_row, scrub
 from audit.models import AuditDestination, DestinationKind, Outcome
 from audit.services import Actor
 from organizations.models import Organization
 from organizations.permissions import require_actor_permission
-from portal.crypto import decrypt_secret, encrypt_secret, secret_hint
+from portal.crypto import encrypt_secret, secret_hint
 
 MANAGE_ACTION = "org.manage"  # owners (and superusers)
 MAX_SECRET_LENGTH = 4096
@@ -34,7 +34,7 @@ MAX_CA_LENGTH = 200_000
 KNOWN_OPTIONS = {
     DestinationKind.SPLUNK_HEC: {"index", "hostname"},
     DestinationKind.WEBHOOK: set(),
-    DestinationKind.SYSLOG: {"facility", "hostname"},
+    DestinationKind.SYSLOG: {"facility", "hostname", "max_message_bytes"},
 }
 SECRET_NAME = {DestinationKind.SPLUNK_HEC: "HEC token", DestinationKind.WEBHOOK: "HMAC secret"}
 
@@ -72,14 +72,38 @@ def _validate_url(url: str, kind: str) -> str:
     except ValueError:
         raise ValidationError({"url": f"The URL has an invalid port ({example})."}) from None
     if parts.scheme not in ("http", "https"):
-        raise ValidationError({"url": f"The URL must start with https:// or http:// ({example})."})
+        raise ValidationError({"url": f"The URL must start with https:// ({example})."})
     if not parts.hostname:
         raise ValidationError({"url": f"The URL has no host name ({example})."})
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ValidationError(
+            {
+                "url": f"Use https:// ({example}): the audit trail and the secret must not cross a network in clear. "
+                "Plain http:// is accepted only for this machine (a local forwarder on 127.0.0.1)."
+            }
+        )
     if parts.username or parts.password:
         raise ValidationError({"url": "Remove the user name / password from the URL: give the secret as `secret`."})
+    if parts.query:
+        raise ValidationError(
+            {
+                "url": "Remove the ?query from the URL: the URL is shown to owners and auditors and written to the "
+                "audit log, so a credential must go in `secret`, which is encrypted and never shown."
+            }
+        )
     if parts.fragment:
         raise ValidationError({"url": "Remove the #fragment from the URL."})
     return clean
+
+
+def _is_loopback(hostname: str) -> bool:
+    """Whether a URL's host is this machine (localhost or a loopback address)."""
+    if hostname.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
 
 
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
@@ -162,6 +186,13 @@ def _validate_options(options: Any, kind: str) -> dict[str, Any]:
                     {"options": "facility must be a syslog facility number, 0 to 23 (13: log audit)."}
                 )
             clean[key] = value
+        elif key == "max_message_bytes":
+            low, high = SYSLOG_MIN_MESSAGE_BYTES, 1024 * 1024
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValidationError(
+                    {"options": f"max_message_bytes must be a number of bytes, {low} to {high} (the receiver's limit)."}
+                )
+            clean[key] = value
         else:
             if not isinstance(value, str) or len(value) > 255 or any(ch.isspace() for ch in value):
                 raise ValidationError({"options": f"{key} must be a word of at most 255 characters, without spaces."})
@@ -180,12 +211,12 @@ def _validate_replay_from(value: Any, organization: Organization) -> int:
     return max(value - 1, 0)
 
 
-def _check_complete(destination: AuditDestination, secret: str) -> None:
+def _check_complete(destination: AuditDestination, *, has_secret: bool) -> None:
     """Per kind: the fields a destination needs to deliver."""
     kind = destination.kind
     if kind in (DestinationKind.SPLUNK_HEC, DestinationKind.WEBHOOK):
         destination.url = _validate_url(destination.url, kind)
-        if not secret:
+        if not has_secret:
             raise ValidationError({"secret": f"Give the {SECRET_NAME[kind]}: it is required for {kind}."})
         if destination.host or destination.port:
             raise ValidationError({"host": f"{kind} is reached by url; host and port are for syslog."})
@@ -194,7 +225,7 @@ def _check_complete(destination: AuditDestination, secret: str) -> None:
         destination.port = _validate_port(destination.port)
         if destination.url:
             raise ValidationError({"url": "syslog is reached by host and port; url is for splunk-hec and webhook."})
-        if secret:
+        if has_secret:
             raise ValidationError(
                 {"secret": "syslog takes no secret: authenticate the receiver with use_tls and ca_certificate."}
             )
@@ -262,7 +293,7 @@ def destination_create(
         options=_validate_options(options, kind),
         enabled=bool(enabled),
     )
-    _check_complete(destination, clean_secret)
+    _check_complete(destination, has_secret=bool(clean_secret))
     # Lock the chain head so that no event slips between reading the head and the destination's first cursor.
     from audit.models import AuditChainHead
 
@@ -329,10 +360,7 @@ def destination_update(
     if new_secret:
         destination.secret_encrypted = encrypt_secret(new_secret)
         destination.secret_hint = secret_hint(new_secret)
-    current_secret = new_secret or (
-        decrypt_secret(destination.secret_encrypted) if destination.secret_encrypted else ""
-    )
-    _check_complete(destination, current_secret)
+    _check_complete(destination, has_secret=bool(destination.secret_encrypted))
     after = _public_fields(destination)
     changes = {key: {"before": before[key], "after": after[key]} for key in after if before[key] != after[key]}
     if new_secret and "secret_hint" not in changes:
@@ -410,8 +438,9 @@ def destination_test(*, actor: Actor, destination: AuditDestination) -> ProbeRes
     """Send one synthetic event (sequence 0, never stored) to the destination; audited, cursor untouched."""
     organization = destination.organization
     require_actor_permission(actor, organization, MANAGE_ACTION)
-    secret = decrypt_secret(destination.secret_encrypted) if destination.secret_encrypted else ""
+    secret = ""
     try:
+        secret = destination_secret(destination)
         build_sender(destination, secret).send([probe_row(destination)])
         result = ProbeResult(ok=True)
     except DeliveryError as exc:

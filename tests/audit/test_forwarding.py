@@ -12,6 +12,7 @@ from rest_framework.test import APIClient
 
 import audit.forwarding as forwarding
 from audit import record
+from audit.forwarding.delivery import backoff_seconds
 from audit.forwarding.services import destination_create
 from audit.models import AuditChainHead, AuditDestination, AuditEvent
 from tests.fakes.siem import HttpReceiver, SyslogReceiver, self_signed_certificate
@@ -119,6 +120,13 @@ def test_foreign_destination_id_answers_404(org, other_org, owner, outsider) -> 
         (hec_payload(secret=""), "secret", "HEC token"),
         (hec_payload(url="ftp://splunk"), "url", "https://"),
         (hec_payload(url="https://user:pw@splunk"), "url", "user name"),
+        (hec_payload(url="http://splunk.internal:8088"), "url", "https://"),
+        (hec_payload(url="https://splunk.internal/hec?token=abc"), "url", "?query"),
+        (
+            {"name": "s", "kind": "syslog", "host": "siem", "port": 514, "options": {"max_message_bytes": 100}},
+            "options",
+            "max_message_bytes",
+        ),
         ({"name": "s", "kind": "syslog", "host": "siem"}, "port", "port"),
         ({"name": "s", "kind": "syslog", "port": 514}, "host", "host"),
         (
@@ -317,3 +325,32 @@ def test_cli_reads_secrets_from_the_environment_only(org, monkeypatch) -> None:
         run_cli("add", "--org", org.slug, "--name", "y", "--kind", "splunk-hec", "--url", "https://s")
     with pytest.raises(CommandError, match="no organization|No organization"):
         run_cli("--org", "missing")
+
+
+def test_a_plain_http_url_is_accepted_for_this_machine_only(org, owner) -> None:
+    for index, local in enumerate(("http://127.0.0.1:8088", "http://localhost:8088", "http://[::1]:8088")):
+        response = api(owner).post(url(org), hec_payload(name=f"local-{index}", url=local), format="json")
+        assert response.status_code == 201, response.content
+
+
+def test_backoff_stays_capped_and_jittered_after_days_of_failures(settings) -> None:
+    settings.AUDIT_FORWARDING_BACKOFF_BASE_SECONDS = 2.0
+    settings.AUDIT_FORWARDING_BACKOFF_MAX_SECONDS = 300.0
+
+    delays = [backoff_seconds(failures) for failures in (1, 2, 1025, 100_000)]
+
+    assert 1.0 <= delays[0] <= 2.0 and 2.0 <= delays[1] <= 4.0
+    assert all(150.0 <= delay <= 300.0 for delay in delays[2:])
+
+
+def test_a_secret_no_key_opens_fails_the_test_saying_so_and_does_not_stop_a_pause(org, owner) -> None:
+    created = api(owner).post(url(org), hec_payload(), format="json").json()
+    AuditDestination.objects.filter(pk=created["id"]).update(secret_encrypted="gAAAAA-not-a-token-of-any-key")
+
+    tested = api(owner).post(url(org, f"{created['id']}/test/"))
+    paused = api(owner).patch(url(org, f"{created['id']}/"), {"enabled": False}, format="json")
+
+    assert tested.status_code == 200 and tested.json()["ok"] is False
+    assert "cannot be decrypted" in tested.json()["error"]
+    assert AuditEvent.objects.filter(action="audit.destination_tested", outcome="failure").exists()
+    assert paused.status_code == 200 and paused.json()["enabled"] is False

@@ -12,6 +12,7 @@ import hmac
 import json
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +24,7 @@ import audit.forwarding as forwarding
 from audit import record
 from audit.chain import HASHED_FIELDS, canonical_json, chain_hash
 from audit.forwarding.delivery import deliver_destination
+from audit.forwarding.events import event_as_json
 from audit.forwarding.services import destination_create
 from audit.models import AuditChainHead, AuditDestination, AuditEvent
 from organizations.models import Organization
@@ -168,11 +170,45 @@ def test_webhook_signature_verifies_with_the_secret(org, owner, webhook) -> None
 
     request = webhook.requests[0]
     assert request.path == "/hooks/airlock"
-    expected = "sha256=" + hmac.new(WEBHOOK_SECRET.encode(), request.body, hashlib.sha256).hexdigest()
+    timestamp = request.headers["x-airlock-timestamp"]
+    signed = timestamp.encode() + b"." + request.body  # the timestamp is signed: a replayed request shows its age
+    expected = "sha256=" + hmac.new(WEBHOOK_SECRET.encode(), signed, hashlib.sha256).hexdigest()
     assert hmac.compare_digest(request.headers["x-airlock-signature"], expected)
-    assert abs(int(request.headers["x-airlock-timestamp"]) - dt.datetime.now(dt.UTC).timestamp()) < 60
-    assert request.headers["x-airlock-delivery"]
+    assert abs(int(timestamp) - dt.datetime.now(dt.UTC).timestamp()) < 60
     assert len(json.loads(request.body)["events"]) == 5  # the destination's own creation, then the four
+
+
+def test_a_webhook_batch_sent_again_has_the_same_delivery_id(org, owner, webhook) -> None:
+    destination = make_destination(org, owner, "webhook", url=webhook.url, secret=WEBHOOK_SECRET)
+    write_events(org, owner, 3)
+    webhook.mode = "503"
+    assert not deliver_destination(destination.pk, force=True).ok
+    webhook.mode = "ok"
+
+    assert deliver_destination(destination.pk, force=True).ok
+    write_events(org, owner, 1)
+    assert deliver_destination(destination.pk, force=True).ok
+
+    first, again, next_batch = (request.headers["x-airlock-delivery"] for request in webhook.requests)
+    assert first == again != next_batch
+
+
+def test_hec_with_indexer_acknowledgement_gets_a_channel_per_destination(org, owner) -> None:
+    receiver = HttpReceiver("hec", token=HEC_TOKEN, indexer_acknowledgement=True).start()
+    try:
+        destination = make_destination(
+            org, owner, "splunk-hec", url=receiver.url + "/services/collector", secret=HEC_TOKEN
+        )
+        write_events(org, owner, 2)
+        assert deliver_destination(destination.pk).ok
+        write_events(org, owner, 1)
+        assert deliver_destination(destination.pk).ok
+    finally:
+        receiver.stop()
+
+    channels = {request.headers["x-splunk-request-channel"] for request in receiver.requests}
+    assert len(channels) == 1 and uuid.UUID(channels.pop())
+    assert {request.path for request in receiver.requests} == {"/services/collector/event"}
 
 
 def test_syslog_frames_are_rfc5424_with_octet_counting(org, owner, syslog) -> None:
@@ -196,6 +232,35 @@ def test_syslog_frames_are_rfc5424_with_octet_counting(org, owner, syslog) -> No
     assert messages[2].pri == 13 * 8 + 6  # log audit, informational
     assert messages[2].timestamp.endswith("Z") and "." in messages[2].timestamp
     assert messages[2].event["action"] == "prompt.submitted"
+
+
+def test_a_syslog_message_past_the_receivers_limit_says_where_the_whole_event_is(org, owner, syslog) -> None:
+    destination = make_destination(
+        org, owner, "syslog", host="127.0.0.1", port=syslog.port, options={"max_message_bytes": 4096}
+    )
+    big = record(action="workspace.command", actor=owner, organization=org, data={"output_head": "x" * 6000})
+    small = record(action="prompt.submitted", actor=owner, organization=org, data={"text": "hello"})
+
+    assert deliver_destination(destination.pk).ok
+
+    assert syslog.framing_errors == []
+    by_id = {message.params["id"]: message for message in syslog.parsed}
+    stand_in = by_id[str(big.pk)]
+    assert len(stand_in.raw) <= 4096
+    whole = json.dumps(event_as_json(big, organization_slug=org.slug), ensure_ascii=False, separators=(",", ":"))
+    assert stand_in.event == {
+        "id": str(big.pk),
+        "organization": {"id": org.pk, "slug": org.slug},
+        "sequence": big.sequence,
+        "occurred_at": stand_in.event["occurred_at"],
+        "action": "workspace.command",
+        "outcome": "success",
+        "hash": big.hash,
+        "truncated": True,
+        "bytes": len(whole.encode()),
+        "sha256": hashlib.sha256(whole.encode()).hexdigest(),
+    }
+    assert by_id[str(small.pk)].event["data"] == {"text": "hello"}
 
 
 def test_syslog_over_tls_trusts_the_given_ca_only(org, owner, tmp_path) -> None:

@@ -119,9 +119,6 @@ def test_purge_keeps_events_a_siem_destination_has_not_received(org, aged_chain)
     AuditDestination.objects.create(
         organization=org, name="splunk", kind=DestinationKind.SPLUNK_HEC, url="https://siem", delivered_sequence=3
     )
-    AuditDestination.objects.create(
-        organization=org, name="off", kind=DestinationKind.WEBHOOK, url="https://x", enabled=False
-    )
 
     result = audit_purge(organization=org, actor=OPERATOR, now=expiring_through(org, 6))
 
@@ -129,6 +126,21 @@ def test_purge_keeps_events_a_siem_destination_has_not_received(org, aged_chain)
     assert result.kept == ["#4 to #6 not yet delivered to SIEM destination 'splunk'"]
     assert sequences(org)[:3] == [4, 5, 6]
     assert verify_chain(organization=org).ok
+
+
+def test_a_paused_destination_keeps_what_it_will_catch_up_on_when_resumed(org, aged_chain):
+    AuditDestination.objects.create(
+        organization=org, name="splunk", kind=DestinationKind.SPLUNK_HEC, url="https://siem", delivered_sequence=10
+    )
+    AuditDestination.objects.create(
+        organization=org, name="off", kind=DestinationKind.WEBHOOK, url="https://x", enabled=False, delivered_sequence=2
+    )
+
+    result = audit_purge(organization=org, actor=OPERATOR, now=expiring_through(org, 6))
+
+    assert (result.purged, result.to_sequence) == (2, 2)
+    assert result.kept == ["#3 to #6 not yet delivered to paused SIEM destination 'off'"]
+    assert sequences(org)[0] == 3
 
 
 def test_purge_keeps_the_newest_checkpoint_event_and_verify_still_checks_it(org, agents_user):

@@ -128,10 +128,14 @@ class HttpReceiver:
     were received, then crash on the request that crosses N (keeping its events) and stop listening.
     """
 
-    def __init__(self, kind: str, *, token: str = "", echo_token_in_errors: bool = False) -> None:
+    def __init__(
+        self, kind: str, *, token: str = "", echo_token_in_errors: bool = False, indexer_acknowledgement: bool = False
+    ) -> None:
         self.kind = kind
         self.token = token
         self.echo_token_in_errors = echo_token_in_errors
+        # A HEC token with indexer acknowledgement on: a request without a channel is refused, as Splunk does.
+        self.indexer_acknowledgement = indexer_acknowledgement
         self.mode = "ok"
         self.crash_after_events: int | None = None
         self.requests: list[HttpRequest] = []
@@ -202,6 +206,8 @@ class HttpReceiver:
             if self.token and headers.get("authorization") != f"Splunk {self.token}":
                 text = "Invalid token" + (f" {headers.get('authorization')}" if self.echo_token_in_errors else "")
                 return 403, json.dumps({"text": text, "code": 4}).encode()
+            if self.indexer_acknowledgement and not headers.get("x-splunk-request-channel"):
+                return 400, b'{"text":"Data channel is missing","code":10}'
             if mode == "503":
                 return 503, b'{"text":"Server is busy","code":9}'
             if mode == "bad-code":
@@ -240,6 +246,8 @@ def parse_syslog(raw: bytes) -> SyslogMessage:
     match = SYSLOG_LINE.match(raw.decode("utf-8"))
     if match is None:
         raise ValueError(f"not an RFC 5424 message: {raw[:120]!r}")
+    if not match["msg"].startswith("\ufeff"):
+        raise ValueError(f"a UTF-8 MSG must start with a byte order mark (RFC 5424 6.4): {raw[:120]!r}")
     sd = match["sd"]
     params = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', sd))
     return SyslogMessage(
@@ -252,7 +260,7 @@ def parse_syslog(raw: bytes) -> SyslogMessage:
         msgid=match["msgid"],
         structured_data=sd,
         params=params,
-        event=json.loads(match["msg"]),
+        event=json.loads(match["msg"].removeprefix("\ufeff")),
     )
 
 
