@@ -36,7 +36,7 @@ from audit.chain import GENESIS_HASH, canonical_json, format_time
 from audit.chaining import chain_committed
 from audit.exporters import FORMATS, ExportStats, formatter, iter_export_bytes, iter_value_pages
 from audit.models import AuditChainHead, AuditExport, ExportFormat, ExportStatus
-from audit.selectors import VIEW_ACTION
+from audit.selectors import VIEW_ACTION, parse_moment
 from audit.services import Actor, SystemActor
 from organizations.models import Organization
 from organizations.permissions import require_permission
@@ -63,28 +63,12 @@ class ExportParams:
         }
 
 
-def _parse_moment(name: str, text: str | None) -> dt.datetime | None:
-    if text is None or text == "":
-        return None
-    value = str(text).strip()
-    if value.endswith(("Z", "z")):
-        value = value[:-1] + "+00:00"
-    try:
-        moment = dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise ValidationError(
-            {name: f"{text!r} is not an ISO 8601 date or time, e.g. 2025-01-31 or 2025-01-31T08:00:00Z."}
-        ) from None
-    if timezone.is_naive(moment):
-        moment = moment.replace(tzinfo=dt.UTC)
-    return moment
-
-
 def export_params_parse(*, format: str | None, since: str | None = None, until: str | None = None) -> ExportParams:
     """Validate user input into ExportParams; ValidationError naming the parameter to fix."""
     if format not in FORMATS:
         raise ValidationError({"format": f"Choose the export format: one of {', '.join(FORMATS)} (got {format!r})."})
-    start, end = _parse_moment("since", since), _parse_moment("until", until)
+    start = parse_moment("since", since) if since else None
+    end = parse_moment("until", until) if until else None
     if start is not None and end is not None and start >= end:
         raise ValidationError({"until": "must be later than since."})
     return ExportParams(format=format, since=start, until=end)
@@ -367,8 +351,12 @@ def _remove(path: Path) -> None:
 
 
 def _describe(exc: BaseException) -> str:
+    """What went wrong, for the export's owners and auditors: never the server's file path (the log has it)."""
     if isinstance(exc, OSError):
-        return f"could not write the export file: {exc.strerror or exc} ({exc.filename or ''})".replace(" ()", "")
+        logger.warning("audit export could not write its file: %s", exc)
+        return (
+            f"could not write the export file: {exc.strerror or type(exc).__name__} (the server's log names the path)"
+        )
     return f"{type(exc).__name__}: {exc}"
 
 

@@ -20,7 +20,6 @@ from django.core.exceptions import ValidationError
 from django.db import connection
 from django.db.models import Q, QuerySet, TextField
 from django.db.models.functions import Cast
-from django.utils.dateparse import parse_date, parse_datetime
 
 from audit.models import ActorType, AuditChainHead, AuditEvent, AuditSettings, Outcome
 from organizations.models import Organization
@@ -39,7 +38,11 @@ def session_timeline(
     *, user: AbstractBaseUser | AnonymousUser, organization: Organization, session_id: str | uuid.UUID
 ) -> QuerySet[AuditEvent]:
     """Every event of one agent session in the order it happened; same permission as `events_for_user`."""
-    return events_for_user(user=user, organization=organization).filter(session_id=str(session_id))
+    events = events_for_user(user=user, organization=organization)
+    session = str(session_id)
+    if "\x00" in session or len(session) > 64:  # no event has such an id (and PostgreSQL refuses NUL in text)
+        return events.none()
+    return events.filter(session_id=session)
 
 
 # --- browsing: filters, one event, a page of events ---------------------------------------------------------
@@ -84,21 +87,26 @@ class EventPage:
     limit: int
 
 
-def _parse_time(name: str, raw: str) -> dt.datetime:
+def parse_moment(name: str, raw: str) -> dt.datetime:
+    """A user's ISO 8601 date or time (`2025-01-31`, `2025-01-31T12:00:00Z`, with any offset) in UTC.
+
+    A time without an offset is UTC. ValidationError naming `name` for anything else, including a time that
+    falls outside years 1 to 9999 once moved to UTC.
+    """
     try:
-        moment = parse_datetime(raw)
-        if moment is None and len(raw) == 10:
-            day = parse_date(raw)
-            moment = dt.datetime.combine(day, dt.time.min) if day else None
+        moment = dt.datetime.fromisoformat(str(raw).strip())
     except ValueError:
-        moment = None
-    if moment is None:
         raise ValidationError(
-            {name: f"{name} must be an ISO 8601 date or time (like 2025-01-31T12:00:00Z), got {raw!r}."}
-        )
+            {name: f"{name} must be an ISO 8601 date or time (like 2025-01-31T12:00:00Z), got {str(raw)[:100]!r}."}
+        ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.UTC)
-    return moment
+    try:
+        return moment.astimezone(dt.UTC)
+    except OverflowError:
+        raise ValidationError(
+            {name: f"{name} {str(raw)[:100]!r} is out of range: give a time from year 1 to 9999 in UTC."}
+        ) from None
 
 
 def parse_page_number(
@@ -125,8 +133,8 @@ def parse_event_filters(params: Mapping[str, Any]) -> EventFilters:
             raise ValidationError({name: f"{name} is longer than 200 characters."})
         if "\x00" in value:
             raise ValidationError({name: f"{name} contains a NUL character."})
-    since = _parse_time("since", raw["since"]) if raw["since"] else None
-    until = _parse_time("until", raw["until"]) if raw["until"] else None
+    since = parse_moment("since", raw["since"]) if raw["since"] else None
+    until = parse_moment("until", raw["until"]) if raw["until"] else None
     if since and until and since > until:
         raise ValidationError({"until": "until must not be before since."})
     if raw["outcome"] and raw["outcome"] not in Outcome.values:

@@ -68,7 +68,8 @@ def _validate_url(url: str, kind: str) -> str:
         raise ValidationError({"url": f"The URL contains spaces ({example})."})
     try:
         parts = urlsplit(clean)
-        _ = parts.port
+        if parts.port == 0:
+            raise ValueError("port 0")
     except ValueError:
         raise ValidationError({"url": f"The URL has an invalid port ({example})."}) from None
     if parts.scheme not in ("http", "https"):
@@ -118,7 +119,7 @@ def _validate_host(host: str) -> str:
         return clean
     except ValueError:
         pass
-    if not _HOSTNAME.match(clean):
+    if not _HOSTNAME.match(clean) or all(label.isdigit() for label in clean.rstrip(".").split(".")):
         raise ValidationError(
             {"host": f"{clean[:80]!r} is not a host name or IP address: give only the host (the port goes in port)."}
         )
@@ -168,6 +169,9 @@ def _validate_secret(secret: str, kind: str) -> str:
     return clean
 
 
+_OPTION_WORD = re.compile(r"[\x21-\x7e]{0,255}")
+
+
 def _validate_options(options: Any, kind: str) -> dict[str, Any]:
     if options is None:
         return {}
@@ -194,8 +198,10 @@ def _validate_options(options: Any, kind: str) -> dict[str, Any]:
                 )
             clean[key] = value
         else:
-            if not isinstance(value, str) or len(value) > 255 or any(ch.isspace() for ch in value):
-                raise ValidationError({"options": f"{key} must be a word of at most 255 characters, without spaces."})
+            if not isinstance(value, str) or not _OPTION_WORD.fullmatch(value):
+                raise ValidationError(
+                    {"options": f"{key} must be a word of at most 255 printable ASCII characters, without spaces."}
+                )
             if value:
                 clean[key] = value
     return clean

@@ -121,6 +121,9 @@ def test_foreign_destination_id_answers_404(org, other_org, owner, outsider) -> 
         (hec_payload(url="ftp://splunk"), "url", "https://"),
         (hec_payload(url="https://user:pw@splunk"), "url", "user name"),
         (hec_payload(url="http://splunk.internal:8088"), "url", "https://"),
+        (hec_payload(url="https://splunk.internal:0"), "url", "port"),
+        ({"name": "s", "kind": "syslog", "host": "256.1.1.1", "port": 514}, "host", "not a host name"),
+        (hec_payload(options={"index": "main\u0007"}), "options", "printable ASCII"),
         (hec_payload(url="https://splunk.internal/hec?token=abc"), "url", "?query"),
         (
             {"name": "s", "kind": "syslog", "host": "siem", "port": 514, "options": {"max_message_bytes": 100}},

@@ -114,6 +114,33 @@ def test_invalid_regex_is_an_error_on_its_line_and_changes_nothing(org, owner):
     assert AuditEvent.objects.filter(organization=org).count() == events_before
 
 
+@pytest.mark.parametrize(
+    ("pattern", "words"),
+    [("(?<=MRN-)\\d+", "look-arounds"), ("(x)\\1", "back-references"), ("a{1001}", "repetition")],
+)
+def test_a_pattern_re2_cannot_run_is_refused_saying_why(org, owner, pattern, words):
+    response = _client(owner).post(PAGE, _policy_post(content_policy="redacted", redaction_patterns=pattern))
+
+    [error] = _field_errors(response.content.decode(), "redaction_patterns")
+    assert error.startswith("Line 1:") and words in error
+    assert _settings(org) is None
+
+
+def test_a_pattern_that_would_backtrack_for_hours_masks_in_linear_time(org, owner, agents_user):
+    _client(owner).post(PAGE, _policy_post(content_policy="redacted", redaction_patterns="(a+)+$"))
+    hostile = "a" * 5000 + "!"  # Python's re needs about 2**5000 steps for this text
+
+    event = record(action="prompt.submitted", actor=agents_user, organization=org, data={"text": hostile + " aaa"})
+
+    assert AuditEvent.objects.get(pk=event.pk).data == {"text": hostile + " [REDACTED:pattern]"}
+
+
+def test_a_pattern_holding_a_line_separator_stays_one_pattern(org, owner):
+    _client(owner).post(PAGE, _policy_post(content_policy="redacted", redaction_patterns="PATIENT\u2028ID\nward"))
+
+    assert _settings(org).redaction_patterns == ["PATIENT\u2028ID", "ward"]
+
+
 def test_a_pattern_the_service_refuses_is_shown_next_to_the_field(org, owner):
     response = _client(owner).post(PAGE, _policy_post(content_policy="redacted", redaction_patterns="x*"))
 
