@@ -20,7 +20,8 @@ from audit import chaining, record
 from audit.chain import GENESIS_HASH
 from audit.checkpoints import checkpoint_write, organizations_needing_checkpoint
 from audit.export_services import export_params_parse, export_to_file
-from audit.models import AuditChainHead, AuditEvent, AuditPendingEvent, AuditSettings
+from audit.forwarding.selectors import destinations_for_user
+from audit.models import AuditChainHead, AuditDestination, AuditEvent, AuditPendingEvent, AuditSettings, DestinationKind
 from audit.retention import audit_purge
 from audit.services import SystemActor
 from audit.verify import verify_chain
@@ -398,3 +399,16 @@ def test_one_organizations_broken_chain_does_not_hold_back_the_others(org, other
 
     assert actions(other_org) == [(1, "prompt.submitted")]
     assert AuditPendingEvent.objects.filter(organization=org).count() == 1  # waits for an operator, not lost
+
+
+def test_a_destinations_lag_counts_events_not_yet_chained(org, owner, settings):
+    settings.AUDIT_CHAINER = "process"  # said to run, but does not: the events stay pending
+    destination = AuditDestination.objects.create(
+        organization=org, name="siem", kind=DestinationKind.SYSLOG, host="siem", port=514
+    )
+    for number in range(3):
+        record(action=f"waiting.{number}", actor=SystemActor(), organization=org)
+
+    [listed] = destinations_for_user(user=owner, organization=org)
+
+    assert (listed.pk, listed.lag) == (destination.pk, 3)
