@@ -16,7 +16,9 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """Turn Django's validation and permission errors raised by services into clear 4xx answers."""
-    if isinstance(exc, DjangoValidationError):
+    if isinstance(exc, RecursionError):  # JSON nested thousands deep, parsed by a field of a form-encoded body
+        exc = exceptions.ParseError("The JSON is nested too deeply: send a flat object.")
+    elif isinstance(exc, DjangoValidationError):
         detail = exc.message_dict if hasattr(exc, "error_dict") else {"detail": exc.messages}
         exc = exceptions.ValidationError(detail)
     elif isinstance(exc, DjangoPermissionDenied):
@@ -48,7 +50,10 @@ class StrictJSONParser(JSONParser):
 
     def parse(self, stream: Any, media_type: str | None = None, parser_context: dict[str, Any] | None = None) -> Any:
         """The parsed body, or ParseError naming the first field whose text is not storable."""
-        data = super().parse(stream, media_type, parser_context)
+        try:
+            data = super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            raise exceptions.ParseError("The JSON is nested too deeply: send a flat object.") from None
         where = _unstorable_text(data, "")
         if where is not None:
             raise exceptions.ParseError(

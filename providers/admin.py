@@ -143,7 +143,7 @@ class ProviderForm(forms.ModelForm):
             return {}
         try:
             return json.loads(text)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             raise ValidationError('Write the headers as a JSON object, e.g. {"X-Team": "ml"}.') from None
 
     def clean(self) -> dict[str, Any]:
@@ -305,7 +305,7 @@ class LanguageModelForm(forms.ModelForm):
             return {}
         try:
             return json.loads(text)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             raise ValidationError('Write the options as a JSON object, e.g. {"temperature": 0.2}.') from None
 
     def clean(self) -> dict[str, Any]:

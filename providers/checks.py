@@ -184,6 +184,11 @@ def _resolve(host: str, port: int) -> list[tuple[Any, ...]]:
             "does not answer. Check the resolver configuration (in Kubernetes: CoreDNS and any egress policy "
             "that blocks DNS)."
         ) from None
+    except UnicodeError:
+        raise StepFailed(
+            f"{host!r} is not a valid host name (an empty label, or one longer than 63 characters): "
+            "fix the host in the base URL."
+        ) from None
     except socket.gaierror as exc:
         raise StepFailed(
             f"DNS lookup of {host} failed ({exc.strerror or exc}): the name does not resolve from the control plane. "

@@ -14,7 +14,7 @@ from django.db.models import QuerySet
 from organizations.models import Organization
 from providers.models import LanguageModel, Provider, ProviderKind
 from providers.selectors import access_user
-from providers.validation import REASONING_EFFORTS
+from providers.validation import HEADER_KEEP, REASONING_EFFORTS, is_secret_header
 
 # Which optional settings each kind uses (name and base_url are shown for every kind; api_key too).
 KIND_FIELDS: dict[str, frozenset[str]] = {
@@ -27,10 +27,6 @@ KIND_FIELDS: dict[str, frozenset[str]] = {
 }
 KIND_SPECIFIC = frozenset().union(*KIND_FIELDS.values())
 
-# Header values that are credentials are never rendered back: the edit form shows this instead, and a line
-# still carrying it keeps the stored value.
-HEADER_KEEP = "(unchanged)"
-_SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|password|credential|signature", re.IGNORECASE)
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 REASONING_CHOICES = [("", "— vendor default —"), *((effort, effort) for effort in REASONING_EFFORTS)]
@@ -44,11 +40,6 @@ def kinds_using(field: str) -> str:
     if field not in KIND_SPECIFIC:
         return ""
     return " ".join(kind for kind, fields in KIND_FIELDS.items() if field in fields)
-
-
-def is_secret_header(name: str) -> bool:
-    """Whether a header's value is a credential that must never be shown again."""
-    return bool(_SECRET_HEADER.search(name))
 
 
 def headers_as_text(headers: dict[str, Any] | None) -> str:

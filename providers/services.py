@@ -27,11 +27,13 @@ from providers.validation import (
     MODEL_FIELDS,
     MODEL_UPDATE_FIELDS,
     PROVIDER_CHANGES,
+    audited_headers,
     clean_base_url,
     clean_display_name,
     clean_model_fields,
     clean_text,
     duplicate_identifier,
+    keep_stored_headers,
     reject_unknown_names,
     validate_api_key,
     validate_context_limit,
@@ -131,7 +133,7 @@ def provider_create(
     for field in ("extra_headers", "api_version", "region", "aws_access_key_id", "use_ambient_credentials"):
         value = getattr(provider, field)
         if value:
-            data[field] = value
+            data[field] = audited_headers(value) if field == "extra_headers" else value
     if key:
         data["api_key_hint"] = masked_secret(key)
     audit.record(action="provider.created", actor=actor, organization=organization, target=provider, data=data)
@@ -156,7 +158,8 @@ def provider_update(*, actor: Actor, provider: Provider, **changes: Any) -> Prov
     if changes.get("base_url") is not None:
         after["base_url"] = clean_base_url(provider.kind, changes["base_url"])
     if changes.get("extra_headers") is not None:
-        after["extra_headers"] = validate_extra_headers(changes["extra_headers"])
+        headers = keep_stored_headers(changes["extra_headers"], stored=provider.extra_headers)
+        after["extra_headers"] = validate_extra_headers(headers)
     for field, limit in (("api_version", 40), ("region", 40), ("aws_access_key_id", 128)):
         if changes.get(field) is not None:
             after[field] = clean_text(changes[field], field=field, limit=limit)
@@ -197,6 +200,10 @@ def provider_update(*, actor: Actor, provider: Provider, **changes: Any) -> Prov
             {"name": f"{organization.slug} already has a provider named {provider.name!r}."}
         ) from None
     if diff:
+        if "extra_headers" in diff:  # credential values only as masked hints
+            diff["extra_headers"] = {
+                moment: audited_headers(diff["extra_headers"][moment]) for moment in ("before", "after")
+            }
         audit.record(
             action="provider.updated", actor=actor, organization=organization, target=provider, data={"changes": diff}
         )

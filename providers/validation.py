@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -10,6 +11,7 @@ from urllib.parse import urlsplit
 from django.core.exceptions import ValidationError
 
 from organizations.models import Organization
+from portal.crypto import masked_secret
 from providers.models import LanguageModel, Provider, ProviderKind
 
 MAX_CONTEXT_LIMIT = 2_147_483_647  # PositiveIntegerField's ceiling
@@ -29,6 +31,41 @@ CREDENTIAL_HEADERS = frozenset({"authorization", "api-key", "x-api-key", "x-goog
 
 
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}$")
+# Header values that are credentials (a gateway's own key, say) are never shown again: pages and the API show
+# this instead, a header sent back with it keeps the stored value, and the audit log has only a masked hint.
+HEADER_KEEP = "(unchanged)"
+_SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|password|credential|signature", re.IGNORECASE)
+
+
+def is_secret_header(name: str) -> bool:
+    """Whether a header's value is a credential that must never be shown again."""
+    return bool(_SECRET_HEADER.search(name))
+
+
+def shown_headers(headers: dict[str, Any] | None) -> dict[str, Any]:
+    """Stored headers as pages and the API show them: credential values replaced by HEADER_KEEP."""
+    return {name: HEADER_KEEP if is_secret_header(name) else value for name, value in (headers or {}).items()}
+
+
+def audited_headers(headers: dict[str, Any] | None) -> dict[str, Any]:
+    """Stored headers as the audit log keeps them: credential values as "****" and their last four characters."""
+    return {
+        name: masked_secret(str(value)) if is_secret_header(name) else value for name, value in (headers or {}).items()
+    }
+
+
+def keep_stored_headers(headers: Any, *, stored: dict[str, Any] | None) -> Any:
+    """The headers with every HEADER_KEEP value replaced by the stored one; ValidationError if none is stored."""
+    if not isinstance(headers, dict):
+        return headers  # validate_extra_headers says what is wrong with it
+    kept = {}
+    for name, value in headers.items():
+        if value == HEADER_KEEP:
+            if not stored or name not in stored:
+                raise ValidationError({"extra_headers": f"Give a value for the header {name!r}: none is stored."})
+            value = stored[name]
+        kept[name] = value
+    return kept
 
 
 MAX_HEADERS = 20
@@ -120,11 +157,32 @@ def validate_base_url(base_url: str, *, field: str = "base_url") -> str:
         raise ValidationError({field: f"The base URL must start with http:// or https:// ({example})."})
     if not parts.hostname:
         raise ValidationError({field: f"The base URL has no host name ({example})."})
+    if not _valid_host(parts.hostname):
+        raise ValidationError(
+            {
+                field: f"{parts.hostname[:100]!r} is not a valid host name: each dot-separated part needs 1 to 63 "
+                f"characters ({example})."
+            }
+        )
     if parts.username or parts.password:
         raise ValidationError({field: "Remove the user name / password from the base URL: put the key in api_key."})
     if parts.query or parts.fragment:
         raise ValidationError({field: f"Remove the query string or fragment from the base URL ({example})."})
     return url
+
+
+def _valid_host(hostname: str) -> bool:
+    """An IP address, or a host name whose labels DNS can carry (1 to 63 characters each, as IDNA encodes them)."""
+    try:
+        ipaddress.ip_address(hostname)
+        return True
+    except ValueError:
+        pass
+    try:
+        hostname.rstrip(".").encode("idna")
+    except UnicodeError:
+        return False
+    return len(hostname) <= 253
 
 
 def validate_api_key(api_key: str) -> str:
@@ -180,7 +238,7 @@ def validate_extra_headers(headers: Any) -> dict[str, str]:
                     "plain text, so put the key in api_key instead (it is encrypted and never shown again)."
                 }
             )
-        if any(ch in value for ch in "\r\n\0") or len(value) > 1000:
+        if any(ch in value for ch in "\r\n\0") or len(value) > 1000 or not _is_utf8(value):
             raise ValidationError(
                 {"extra_headers": f"Header {header!r}: the value must be one line of at most 1000 characters."}
             )
@@ -188,6 +246,15 @@ def validate_extra_headers(headers: Any) -> dict[str, str]:
             raise ValidationError({"extra_headers": f"Header {header!r} is given twice."})
         clean[header] = value.strip()
     return clean
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether the text encodes as UTF-8 (no unpaired surrogates, which no database stores)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def clean_text(value: Any, *, field: str, limit: int) -> str:
@@ -293,7 +360,7 @@ def validate_price(value: Any, *, field: str) -> Decimal:
         raise ValidationError({field: message}) from None
     if not price.is_finite() or price < 0:
         raise ValidationError({field: message})
-    if price != price.quantize(Decimal("0.000001")) or price >= Decimal(10**6):
+    if price >= Decimal(10**6) or price != price.quantize(Decimal("0.000001")):
         raise ValidationError({field: "The price may have at most 6 decimals and must be below 1,000,000."})
     return price
 
@@ -308,7 +375,7 @@ def validate_options(options: Any) -> dict[str, Any]:
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ValidationError(
-            {"options": f"Unknown option(s) {', '.join(map(str, unknown))}: use {', '.join(allowed)}."}
+            {"options": f"Unknown option(s) {', '.join(map(ascii, unknown))}: use {', '.join(allowed)}."}
         )
     clean: dict[str, Any] = {}
     if options.get("temperature") is not None:

@@ -7,6 +7,7 @@ from typing import Any
 from rest_framework import serializers
 
 from providers.models import LanguageModel, Provider
+from providers.validation import shown_headers
 
 PROVIDER_WRITE_FIELDS = (
     "name",
@@ -103,6 +104,12 @@ class ProviderSerializer(serializers.ModelSerializer):
             "updated_at",
         ]
         read_only_fields = fields
+
+    def to_representation(self, instance: Provider) -> dict[str, Any]:
+        """The provider, a credential header's value shown as "(unchanged)" (sending that back keeps it)."""
+        data = super().to_representation(instance)
+        data["extra_headers"] = shown_headers(instance.extra_headers)
+        return data
 
 
 class ProviderWriteSerializer(serializers.Serializer):
