@@ -419,6 +419,9 @@ def measure(args: argparse.Namespace, settings: Any, *, chainer_pid: int | None)
         target = f"target >= {TARGET_RATIO}"
         print(f"{mode}: ratio record()/plain INSERT, 1 org:  {ratio_one:.2f} ({spread_one}; {target})")
         print(f"{mode}: ratio record()/plain INSERT, 8 orgs: {ratio_many:.2f} ({spread_many}; {target})")
+        plain_one = statistics.median(samples["plain INSERT, 1 org"])
+        plain_many = statistics.median(samples["plain INSERT, 8 orgs"]) / WRITERS
+        print(f"plain INSERT of the same rows, per organization: {plain_one:,.0f} (1 org), {plain_many:,.0f} (8 orgs)")
         print(f"{mode}: per organization, 1 org:  {one:,.0f} events/s (target >= {TARGET_PER_ORG:,.0f})")
         print(f"{mode}: per organization, 8 orgs: {many / WRITERS:,.0f} events/s (target >= {TARGET_PER_ORG:,.0f})")
         met = one >= TARGET_PER_ORG and ratio_one >= TARGET_RATIO and ratio_many >= TARGET_RATIO
