@@ -447,3 +447,33 @@ def _scan_in_worker(task: tuple[str, tuple, str]) -> _Scan:
         return _scan(_fast_rows(db, sql, params))
     finally:
         db.close()
+
+
+def verify_chain_recorded(
+    *, organization: Organization, actor: Any, since_sequence: int | None = None
+) -> VerificationResult:
+    """`verify_chain`, then the verification itself recorded as `audit.verified` (an operator's read of the log).
+
+    Outcome success, or failure with the first bad sequence and the reason as its error; its data holds what
+    was checked (count, range start, head, checkpoint), so the log shows when it was last found intact.
+    """
+    from audit.services import record  # audit.services imports much of the app; verification needs none of it
+
+    result = verify_chain(organization=organization, since_sequence=since_sequence)
+    with transaction.atomic():
+        record(
+            action="audit.verified",
+            actor=actor,
+            organization=organization,
+            outcome="success" if result.ok else "failure",
+            error="" if result.ok else f"#{result.first_bad_sequence}: {result.reason}",
+            data={
+                "events_checked": result.events_checked,
+                "since_sequence": since_sequence,
+                "head_sequence": result.head_sequence,
+                "head_hash": result.head_hash,
+                "first_bad_sequence": result.first_bad_sequence,
+                "checkpoint_sequence": result.checkpoint_sequence,
+            },
+        )
+    return result

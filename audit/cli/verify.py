@@ -7,7 +7,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from audit.verify import verify_chain
+from audit.services import SystemActor
+from audit.verify import verify_chain_recorded
 from organizations.models import Organization
 
 HELP = "Recompute an organization's hash chain and report the first altered, missing or reordered event."
@@ -36,13 +37,15 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def handle(command: BaseCommand, options: dict[str, Any]) -> None:
-    """Verify and print OK, or fail naming the first bad sequence number."""
+    """Verify (recorded as `audit.verified`) and print OK, or fail naming the first bad sequence number."""
     slug = options["org"]
     organization = Organization.objects.filter(slug=slug).first()
     if organization is None:
         raise CommandError(f"No organization with slug {slug!r}; pass the slug shown in the organization's URL.")
     try:
-        result = verify_chain(organization=organization, since_sequence=options.get("since"))
+        result = verify_chain_recorded(
+            organization=organization, actor=SystemActor("cli:audit verify"), since_sequence=options.get("since")
+        )
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
     if not result.ok:

@@ -67,3 +67,38 @@ def test_staff_auditor_sees_only_their_organizations_events(client, logs, org, o
     assert page.status_code == 200
     assert {event.organization_id for event in page.context["cl"].result_list} == {org.pk}
     assert other_org.slug not in page.content.decode()
+
+
+def viewed(organization) -> list[dict]:
+    """The data of the organization's `audit.viewed` events, oldest first."""
+    return list(
+        AuditEvent.objects.filter(organization=organization, action="audit.viewed")
+        .order_by("sequence")
+        .values_list("data", flat=True)
+    )
+
+
+def test_reading_the_list_is_audited_in_each_organization_the_page_shows(client, logs, superuser, org, other_org):
+    client.force_login(superuser)
+    successes = AuditEvent.objects.filter(organization=org, outcome="success").count()
+
+    client.get(LIST_URL, {"organization__id__exact": org.pk, "outcome": "success"})
+    client.get(LIST_URL)
+
+    filtered, unfiltered = viewed(org)
+    assert filtered["view"] == "admin.list"
+    assert filtered["filters"] == {"organization__id__exact": str(org.pk), "outcome": "success"}
+    assert filtered["page"]["returned"] == successes
+    assert unfiltered["filters"] == {}
+    [globex] = viewed(other_org)  # only the unfiltered page showed its events
+    assert globex["page"]["returned"] == 2
+
+
+def test_reading_one_event_is_audited_with_its_id(client, logs, superuser, org):
+    client.force_login(superuser)
+    event = AuditEvent.objects.get(organization=org, sequence=3)
+
+    assert client.get(f"{LIST_URL}{event.pk}/change/").status_code == 200
+
+    [read] = viewed(org)
+    assert read == {"view": "admin.event", "filters": {}, "event_id": str(event.pk)}

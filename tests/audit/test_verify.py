@@ -72,6 +72,20 @@ def test_altered_event_fails_naming_its_sequence(org, chain, field, value):
         verify_cli("--org", "acme")
 
 
+def test_each_verification_is_recorded_with_its_result(org, chain):
+    verify_cli("--org", "acme")
+    with tampering():
+        events(org).filter(sequence=7).update(action="prompt.deleted")
+    with pytest.raises(CommandError):
+        verify_cli("--org", "acme")
+
+    intact, broken = events(org).filter(action="audit.verified").order_by("sequence")
+    assert (intact.sequence, intact.outcome, intact.actor_display) == (13, "success", "cli:audit verify")
+    assert (intact.data["events_checked"], intact.data["head_sequence"]) == (12, 12)
+    assert (broken.outcome, broken.data["first_bad_sequence"]) == ("failure", 7)
+    assert broken.error.startswith("#7: event #7: stored hash does not match its content")
+
+
 def test_moving_the_time_by_one_microsecond_is_detected(org, chain):
     with tampering():
         events(org).filter(sequence=3).update(occurred_at=F("occurred_at") + dt.timedelta(microseconds=1))
