@@ -7,9 +7,6 @@ from typing import Any
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import exceptions
-from rest_framework.pagination import LimitOffsetPagination
-from rest_framework.parsers import JSONParser
-from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
@@ -24,68 +21,3 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied(str(exc) or None)
     return drf_exception_handler(exc, context)
-
-
-class BoundedLimitOffsetPagination(LimitOffsetPagination):
-    """Limit/offset pages (`?limit=&offset=`) of at most 500 rows, at offsets every database can take.
-
-    A larger limit gives the largest page and a larger offset an empty one, where both would otherwise reach
-    the database as integers it refuses.
-    """
-
-    max_limit = 500
-    max_offset = 10**15
-
-    def get_offset(self, request: Request) -> int:
-        """The requested offset, capped."""
-        return min(super().get_offset(request), self.max_offset)
-
-
-class StrictJSONParser(JSONParser):
-    """JSON request bodies, refusing text no database stores: unpaired surrogates (`"\\ud800"`) and NUL.
-
-    JSON may spell them as escapes, but PostgreSQL refuses both, SQLite would keep text that cannot be encoded
-    back, and an error echoing them could not be rendered: a 400 says which field to fix instead.
-    """
-
-    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict[str, Any] | None = None) -> Any:
-        """The parsed body, or ParseError naming the first field whose text is not storable."""
-        try:
-            data = super().parse(stream, media_type, parser_context)
-        except RecursionError:
-            raise exceptions.ParseError("The JSON is nested too deeply: send a flat object.") from None
-        where = _unstorable_text(data, "")
-        if where is not None:
-            raise exceptions.ParseError(
-                f"{where or 'The body'} holds a NUL character or an unpaired surrogate (\\ud800 to \\udfff): "
-                "send valid Unicode text."
-            )
-        return data
-
-
-def _unstorable_text(value: Any, where: str) -> str | None:
-    """The path of the first string (or key) with NUL or an unpaired surrogate in a parsed JSON value, else None."""
-    if isinstance(value, str):
-        return where if "\x00" in value or not _encodes(value) else None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            path = f"{where}.{key}" if where else str(key)
-            if "\x00" in key or not _encodes(key):
-                return where or "A key"
-            found = _unstorable_text(item, path)
-            if found is not None:
-                return found
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            found = _unstorable_text(item, f"{where}[{index}]")
-            if found is not None:
-                return found
-    return None
-
-
-def _encodes(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

@@ -222,11 +222,11 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "portal.api.exception_handler",
     "DEFAULT_PARSER_CLASSES": [
-        "portal.api.StrictJSONParser",
+        "portal.api_inputs.StrictJSONParser",
         "rest_framework.parsers.FormParser",
         "rest_framework.parsers.MultiPartParser",
     ],
-    "DEFAULT_PAGINATION_CLASS": "portal.api.BoundedLimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "portal.api_inputs.BoundedLimitOffsetPagination",
     "PAGE_SIZE": 50,
 }
 SPECTACULAR_SETTINGS = {"TITLE": "Airlock API", "VERSION": AIRLOCK_VERSION, "SERVE_INCLUDE_SCHEMA": False}

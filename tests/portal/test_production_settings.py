@@ -52,3 +52,14 @@ def test_production_starts_with_its_secrets(tmp_path):
         DATABASE_URL=f"sqlite:///{tmp_path}/prod.sqlite3",
     )
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("settings_module", ["portal.settings.development", "portal.settings.test"])
+def test_the_system_checks_pass_in_a_fresh_process(settings_module, tmp_path):
+    """A fresh process imports modules in its own order: an import cycle shows here, not in the test process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRLOCK_", "DATABASE_URL"))}
+    env.update(DJANGO_SETTINGS_MODULE=settings_module, AIRLOCK_DATA_DIR=str(tmp_path))
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
