@@ -252,6 +252,10 @@ class AuditDestination(models.Model):
     ca_certificate = models.TextField(blank=True, default="", help_text="PEM bundle to trust (TLS).")
     secret_encrypted = models.TextField(blank=True, default="", help_text="HEC token or HMAC secret, encrypted.")
     secret_hint = models.CharField(max_length=4, blank=True, default="")
+    client_certificate = models.TextField(
+        blank=True, default="", help_text="PEM certificate (chain) Airlock presents over TLS (mutual TLS)."
+    )
+    client_key_encrypted = models.TextField(blank=True, default="", help_text="Its private key, encrypted.")
     options = models.JSONField(default=dict, blank=True)
     enabled = models.BooleanField(default=True)
     delivered_sequence = models.BigIntegerField(default=0, help_text="Last sequence the receiver acknowledged.")

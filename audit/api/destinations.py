@@ -29,6 +29,7 @@ class DestinationSerializer(serializers.ModelSerializer):
     """A destination as owners and auditors see it: settings, cursor, lag and last error; never the secret."""
 
     has_secret = serializers.SerializerMethodField()
+    has_client_key = serializers.SerializerMethodField()
     head_sequence = serializers.IntegerField(read_only=True)
     lag = serializers.IntegerField(read_only=True)
 
@@ -45,6 +46,8 @@ class DestinationSerializer(serializers.ModelSerializer):
             "ca_certificate",
             "has_secret",
             "secret_hint",
+            "client_certificate",
+            "has_client_key",
             "options",
             "enabled",
             "delivered_sequence",
@@ -63,6 +66,10 @@ class DestinationSerializer(serializers.ModelSerializer):
         """Whether a token / HMAC secret is stored."""
         return bool(obj.secret_encrypted)
 
+    def get_has_client_key(self, obj: AuditDestination) -> bool:
+        """Whether the client certificate's private key is stored (it is never shown)."""
+        return bool(obj.client_key_encrypted)
+
 
 class DestinationWriteSerializer(serializers.Serializer):
     """The fields an owner may send; the service validates them per kind."""
@@ -75,6 +82,8 @@ class DestinationWriteSerializer(serializers.Serializer):
     use_tls = serializers.BooleanField(required=False)
     ca_certificate = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
     secret = serializers.CharField(required=False, allow_blank=True, write_only=True, max_length=5000)
+    client_certificate = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
+    client_key = serializers.CharField(required=False, allow_blank=True, write_only=True, trim_whitespace=False)
     options = serializers.JSONField(required=False)
     enabled = serializers.BooleanField(required=False)
 

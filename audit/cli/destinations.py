@@ -56,6 +56,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     add.add_argument("--port", type=int, default=None, help="syslog: the receiver's TCP port")
     add.add_argument("--tls", action="store_true", help="syslog: connect over TLS")
     add.add_argument("--ca-file", type=Path, help="PEM bundle of the CA(s) to trust over TLS")
+    add.add_argument(
+        "--client-cert-file", type=Path, help="PEM certificate Airlock presents over TLS (mutual TLS, RFC 5425)"
+    )
+    add.add_argument("--client-key-file", type=Path, help="its unencrypted PEM private key (stored encrypted)")
     add.add_argument("--secret-env", metavar="VAR", help="environment variable holding the HEC token / HMAC secret")
     add.add_argument("--secret-file", type=Path, help="file holding the HEC token / HMAC secret")
     add.add_argument("--index", default="", help="splunk-hec: the index to write to")
@@ -102,12 +106,7 @@ def _secret(options: dict[str, Any]) -> str:
         if value is None:
             raise CommandError(f"The environment variable {options['secret_env']} is not set.")
         return value.strip()
-    if options.get("secret_file"):
-        try:
-            return Path(options["secret_file"]).read_text().strip()
-        except OSError as exc:
-            raise CommandError(f"Cannot read --secret-file {options['secret_file']}: {exc.strerror}") from None
-    return ""
+    return _read_option_file(options, "secret_file").strip()
 
 
 def _where(destination: AuditDestination) -> str:
@@ -129,13 +128,20 @@ def _list(command: BaseCommand, organization: Organization) -> None:
         )
 
 
+def _read_option_file(options: dict[str, Any], name: str) -> str:
+    """The text of the file an option names ("" when the option is not given); CommandError naming it."""
+    path = options.get(name)
+    if not path:
+        return ""
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "not text"
+        raise CommandError(f"Cannot read --{name.replace('_', '-')} {path}: {reason}") from None
+
+
 def _add(command: BaseCommand, organization: Organization, options: dict[str, Any]) -> None:
-    ca = ""
-    if options.get("ca_file"):
-        try:
-            ca = Path(options["ca_file"]).read_text()
-        except OSError as exc:
-            raise CommandError(f"Cannot read --ca-file {options['ca_file']}: {exc.strerror}") from None
+    ca = _read_option_file(options, "ca_file")
     extra: dict[str, Any] = {}
     if options.get("index"):
         extra["index"] = options["index"]
@@ -154,6 +160,8 @@ def _add(command: BaseCommand, organization: Organization, options: dict[str, An
         use_tls=bool(options.get("tls")),
         ca_certificate=ca,
         secret=_secret(options),
+        client_certificate=_read_option_file(options, "client_cert_file"),
+        client_key=_read_option_file(options, "client_key_file"),
         options=extra,
         enabled=not options.get("disabled"),
     )

@@ -25,7 +25,7 @@ from django.db import connection, transaction
 from django.db.models import F, QuerySet
 from django.db.models.functions import Greatest
 
-from audit.forwarding.senders import DeliveryError, build_sender, scrub
+from audit.forwarding.senders import DeliveryError, Sender, build_sender, scrub
 from audit.models import AuditChainHead, AuditDestination, AuditEvent
 from portal.crypto import decrypt_secret
 
@@ -102,14 +102,29 @@ def _claimed(destination_id: str) -> Iterator[AuditDestination | None]:
         yield AuditDestination.objects.select_related("organization").filter(pk=destination_id).first()
 
 
-def destination_secret(destination: AuditDestination) -> str:
-    """The destination's decrypted secret ("" without one); DeliveryError when no configured key opens it."""
-    if not destination.secret_encrypted:
+def _decrypted(token: str) -> str:
+    if not token:
         return ""
     try:
-        return decrypt_secret(destination.secret_encrypted)
+        return decrypt_secret(token)
     except ImproperlyConfigured as exc:
         raise DeliveryError(str(exc)) from None
+
+
+def destination_secret(destination: AuditDestination) -> str:
+    """The destination's decrypted secret ("" without one); DeliveryError when no configured key opens it."""
+    return _decrypted(destination.secret_encrypted)
+
+
+def destination_client_key(destination: AuditDestination) -> str:
+    """The decrypted private key of the destination's client certificate ("" without one); DeliveryError likewise."""
+    return _decrypted(destination.client_key_encrypted)
+
+
+def destination_sender(destination: AuditDestination) -> tuple[Sender, str]:
+    """The destination's sender, its secrets decrypted, and the secret to scrub from error messages."""
+    secret = destination_secret(destination)
+    return build_sender(destination, secret, client_key=destination_client_key(destination)), secret
 
 
 def _record_failure(destination: AuditDestination, message: str) -> None:
@@ -160,8 +175,8 @@ def _one_batch(destination_id: str, *, batch_size: int, force: bool, result: Del
             return False
         secret = ""
         try:
-            secret = destination_secret(destination)
-            build_sender(destination, secret).send(rows)
+            sender, secret = destination_sender(destination)
+            sender.send(rows)
         except DeliveryError as exc:
             message = scrub(str(exc), secret)
             _record_failure(destination, message)

@@ -12,9 +12,11 @@ import hashlib
 import hmac
 import http.client
 import json
+import os
 import re
 import socket
 import ssl
+import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -66,9 +68,44 @@ def _json_bytes(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8")
 
 
-def tls_context(ca_certificate: str) -> ssl.SSLContext:
-    """A client TLS context that trusts the given PEM bundle, or the system's CAs when it is empty."""
-    return ssl.create_default_context(cadata=ca_certificate or None)
+@dataclass(frozen=True)
+class TlsSettings:
+    """How a sender speaks TLS: the CA bundle it trusts (empty: the system's) and its client identity, if any."""
+
+    ca_certificate: str = ""
+    client_certificate: str = ""
+    client_key: str = ""
+
+
+def tls_context(tls: TlsSettings) -> ssl.SSLContext:
+    """A client TLS context that trusts the given PEM bundle (or the system's CAs) and presents the client
+    certificate when one is set (mutual TLS)."""
+    context = ssl.create_default_context(cadata=tls.ca_certificate or None)
+    if tls.client_certificate:
+        _load_client_identity(context, tls.client_certificate, tls.client_key)
+    return context
+
+
+def _load_client_identity(context: ssl.SSLContext, certificate: str, key: str) -> None:
+    """ssl loads a certificate and key only from a file: an anonymous in-memory file (memfd, never on disk)
+    where the system has one, else a private temporary file removed at once."""
+    identity = (certificate.strip() + "\n" + key.strip() + "\n").encode("utf-8")
+    if hasattr(os, "memfd_create"):
+        descriptor = os.memfd_create("airlock-client-identity", os.MFD_CLOEXEC)
+        try:
+            view = memoryview(identity)
+            while view:
+                view = view[os.write(descriptor, view) :]
+            context.load_cert_chain(f"/proc/self/fd/{descriptor}")
+        finally:
+            os.close(descriptor)
+        return
+    with tempfile.TemporaryDirectory() as folder:  # created 0700
+        path = os.path.join(folder, "identity.pem")
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(identity)
+        context.load_cert_chain(path)
 
 
 def hec_endpoint(url: str) -> str:
@@ -91,7 +128,7 @@ def _describe_os_error(exc: BaseException, where: str) -> str:
     return f"cannot deliver to {where}: {reason}"
 
 
-def _post(url: str, body: bytes, headers: dict[str, str], ca_certificate: str) -> tuple[int, bytes]:
+def _post(url: str, body: bytes, headers: dict[str, str], tls: TlsSettings) -> tuple[int, bytes]:
     """POST a body and return (status, first bytes of the answer); DeliveryError when nothing usable came back."""
     parts = urlsplit(url)
     host = parts.hostname or ""
@@ -99,7 +136,7 @@ def _post(url: str, body: bytes, headers: dict[str, str], ca_certificate: str) -
     timeout = _timeout()
     if parts.scheme == "https":
         connection: http.client.HTTPConnection = http.client.HTTPSConnection(
-            host, parts.port, timeout=timeout, context=tls_context(ca_certificate)
+            host, parts.port, timeout=timeout, context=tls_context(tls)
         )
     else:
         connection = http.client.HTTPConnection(host, parts.port, timeout=timeout)
@@ -116,6 +153,8 @@ def _post(url: str, body: bytes, headers: dict[str, str], ca_certificate: str) -
         response = connection.getresponse()
         answer = response.read(MAX_RESPONSE_BYTES)
         return response.status, answer
+    except ssl.SSLError as exc:
+        raise DeliveryError(_describe_os_error(exc, where)) from None
     except http.client.HTTPException as exc:
         raise DeliveryError(
             f"cannot deliver to {where}: the receiver closed the connection without an answer "
@@ -138,7 +177,7 @@ class SplunkHecSender:
 
     url: str
     token: str
-    ca_certificate: str = ""
+    tls: TlsSettings = TlsSettings()
     index: str = ""
     hostname: str = ""
     organization_slug: str = ""
@@ -173,7 +212,7 @@ class SplunkHecSender:
                 "Content-Type": "application/json",
                 **({"X-Splunk-Request-Channel": self.channel} if self.channel else {}),
             },
-            self.ca_certificate,
+            self.tls,
         )
         try:
             parsed = json.loads(answer or b"null")
@@ -207,7 +246,7 @@ class WebhookSender:
 
     url: str
     secret: str
-    ca_certificate: str = ""
+    tls: TlsSettings = TlsSettings()
     organization_slug: str = ""
     destination_id: str = ""
 
@@ -227,7 +266,7 @@ class WebhookSender:
             "X-Airlock-Timestamp": timestamp,
             "X-Airlock-Delivery": str(uuid.uuid5(_DELIVERY_NAMESPACE, batch)),
         }
-        status, answer = _post(self.url, body, headers, self.ca_certificate)
+        status, answer = _post(self.url, body, headers, self.tls)
         if 200 <= status < 300:
             return
         excerpt = _answer_excerpt(answer)
@@ -297,14 +336,15 @@ class SyslogSender:
     """RFC 5424 over TCP or TLS, octet-counted (RFC 6587), one message per event, one connection per batch.
 
     Syslog has no application-level acknowledgement: after writing the batch the sender half-closes the
-    connection and waits for the receiver to close its side, which it does only after reading everything.
-    A reset or a timeout instead means the batch was not (entirely) received.
+    connection (over TLS: sends close_notify) and waits for the receiver to close its side, which it does only
+    after reading everything. A reset, a TLS alert or a timeout instead means the batch was not (entirely)
+    received. Over TLS the sender presents its client certificate when the destination has one (RFC 5425).
     """
 
     host: str
     port: int
     use_tls: bool = False
-    ca_certificate: str = ""
+    tls: TlsSettings = TlsSettings()
     hostname: str = ""
     facility: int = SYSLOG_DEFAULT_FACILITY
     organization_slug: str = ""
@@ -333,9 +373,17 @@ class SyslogSender:
         sock: socket.socket = raw
         try:
             if self.use_tls:
-                sock = tls_context(self.ca_certificate).wrap_socket(raw, server_hostname=self.host)
+                sock = tls_context(self.tls).wrap_socket(raw, server_hostname=self.host)
             sock.sendall(payload)
-            # A TCP half-close (on a TLS socket too: SSLSocket.shutdown drops TLS and half-closes the transport).
+            if isinstance(sock, ssl.SSLSocket):
+                # TLS ends with close_notify (RFC 5425), sent after the data. A receiver that read it all answers
+                # with its own close_notify, or closes: either is its acknowledgement. One that refused us (under
+                # TLS 1.3 a refused client certificate is only said after the handshake) answers with an alert
+                # or a reset, which raise here.
+                try:
+                    sock = sock.unwrap()
+                except ssl.SSLEOFError:
+                    return
             sock.shutdown(socket.SHUT_WR)
             while True:
                 chunk = sock.recv(4096)
@@ -350,16 +398,21 @@ class SyslogSender:
             raw.close()
 
 
-def build_sender(destination: AuditDestination, secret: str) -> Sender:
-    """The sender for a destination, given its decrypted secret."""
+def build_sender(destination: AuditDestination, secret: str, *, client_key: str = "") -> Sender:
+    """The sender for a destination, given its decrypted secret and client key."""
     options = destination.options or {}
+    tls = TlsSettings(
+        ca_certificate=destination.ca_certificate,
+        client_certificate=destination.client_certificate,
+        client_key=client_key,
+    )
     hostname = str(options.get("hostname") or socket.gethostname())
     slug = destination.organization.slug
     if destination.kind == DestinationKind.SPLUNK_HEC:
         return SplunkHecSender(
             url=destination.url,
             token=secret,
-            ca_certificate=destination.ca_certificate,
+            tls=tls,
             index=str(options.get("index") or ""),
             hostname=hostname,
             organization_slug=slug,
@@ -369,7 +422,7 @@ def build_sender(destination: AuditDestination, secret: str) -> Sender:
         return WebhookSender(
             url=destination.url,
             secret=secret,
-            ca_certificate=destination.ca_certificate,
+            tls=tls,
             organization_slug=slug,
             destination_id=str(destination.pk),
         )
@@ -378,7 +431,7 @@ def build_sender(destination: AuditDestination, secret: str) -> Sender:
             host=destination.host,
             port=int(destination.port or 0),
             use_tls=destination.use_tls,
-            ca_certificate=destination.ca_certificate,
+            tls=tls,
             hostname=hostname,
             facility=int(options.get("facility", SYSLOG_DEFAULT_FACILITY)),
             organization_slug=slug,

@@ -15,13 +15,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
 import audit
 from audit.forwarding import forget_destinations, schedule_forwarding
-from audit.forwarding.delivery import destination_secret, head_sequence
-from audit.forwarding.senders import SYSLOG_MIN_MESSAGE_BYTES, DeliveryError, build_sender, probe_row, scrub
+from audit.forwarding.delivery import destination_client_key, destination_sender, head_sequence
+from audit.forwarding.senders import SYSLOG_MIN_MESSAGE_BYTES, DeliveryError, probe_row, scrub
 from audit.models import AuditDestination, DestinationKind, Outcome
 from audit.services import Actor
 from organizations.models import Organization
@@ -158,6 +160,53 @@ def validate_ca_certificate(pem: str) -> str:
     return clean + "\n"
 
 
+def validate_client_identity(certificate: str, key: str) -> tuple[str, str]:
+    """(certificate PEM, private key PEM) Airlock presents for mutual TLS: both or neither, and a matching pair.
+
+    RFC 5425 (syslog over TLS) has both ends authenticate with certificates; HTTPS receivers may ask for it too.
+    ValidationError names the field to fix.
+    """
+    certificate, key = (certificate or "").strip(), (key or "").strip()
+    if not certificate and not key:
+        return "", ""
+    if not certificate:
+        raise ValidationError({"client_certificate": "Give the client certificate (PEM) that goes with this key."})
+    if not key:
+        raise ValidationError({"client_key": "Give the client certificate's private key (PEM, not encrypted)."})
+    if len(certificate) > MAX_CA_LENGTH or len(key) > MAX_SECRET_LENGTH * 4:
+        raise ValidationError({"client_certificate": "The certificate or key is too large."})
+    if "PRIVATE KEY" in certificate:
+        raise ValidationError({"client_certificate": "This holds a private key: the key goes in client_key."})
+    try:
+        chain = x509.load_pem_x509_certificates(certificate.encode("utf-8"))
+    except ValueError:
+        chain = []
+    if not chain:
+        raise ValidationError({"client_certificate": "Not a PEM certificate: paste it from BEGIN CERTIFICATE on."})
+    try:
+        private_key = serialization.load_pem_private_key(key.encode("utf-8"), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        message = "Not an unencrypted PEM private key: paste it from BEGIN PRIVATE KEY on, with no passphrase."
+        raise ValidationError({"client_key": message}) from None
+    if _public_der(private_key.public_key()) != _public_der(chain[0].public_key()):
+        raise ValidationError(
+            {"client_key": "This key does not belong to the client certificate (the first one given)."}
+        )
+    return certificate + "\n", key + "\n"
+
+
+def _public_der(public_key: Any) -> bytes:
+    return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _certificate_fingerprint(certificate: str) -> str:
+    """`sha256:` and the hex SHA-256 of the first certificate's DER (what audit rows show), or ""."""
+    if not certificate:
+        return ""
+    leaf = x509.load_pem_x509_certificates(certificate.encode("utf-8"))[0]
+    return "sha256:" + leaf.fingerprint(hashes.SHA256()).hex()
+
+
 def _validate_secret(secret: str, kind: str) -> str:
     clean = (secret or "").strip()
     if any(ch.isspace() or ord(ch) < 32 for ch in clean):
@@ -235,9 +284,14 @@ def _check_complete(destination: AuditDestination, *, has_secret: bool) -> None:
             raise ValidationError(
                 {"secret": "syslog takes no secret: authenticate the receiver with use_tls and ca_certificate."}
             )
-    if destination.ca_certificate and not (destination.use_tls or destination.url.startswith("https://")):
+    over_tls = destination.use_tls or destination.url.startswith("https://")
+    if destination.ca_certificate and not over_tls:
         raise ValidationError(
             {"ca_certificate": "A CA bundle only applies over TLS: set use_tls or use an https:// URL."}
+        )
+    if destination.client_certificate and not over_tls:
+        raise ValidationError(
+            {"client_certificate": "A client certificate only applies over TLS: set use_tls or use an https:// URL."}
         )
 
 
@@ -252,6 +306,7 @@ def _public_fields(destination: AuditDestination) -> dict[str, Any]:
         "use_tls": destination.use_tls,
         "ca_certificate": "present" if destination.ca_certificate else "",
         "secret_hint": ("****" + destination.secret_hint) if destination.secret_encrypted else "",
+        "client_certificate": _certificate_fingerprint(destination.client_certificate),
         "options": dict(destination.options or {}),
         "enabled": destination.enabled,
     }
@@ -275,16 +330,23 @@ def destination_create(
     use_tls: bool = False,
     ca_certificate: str = "",
     secret: str = "",
+    client_certificate: str = "",
+    client_key: str = "",
     options: dict[str, Any] | None = None,
     enabled: bool = True,
 ) -> AuditDestination:
-    """Add a SIEM destination; it receives events from the current head on unless options ask for `replay_from`."""
+    """Add a SIEM destination; it receives events from the current head on unless options ask for `replay_from`.
+
+    `client_certificate` / `client_key` (PEM, both or neither) identify Airlock to a receiver asking for mutual
+    TLS; the key is stored encrypted and never shown again.
+    """
     require_actor_permission(actor, organization, MANAGE_ACTION)
     if kind not in DestinationKind.values:
         raise ValidationError({"kind": f"Unknown kind {kind!r}: use one of {', '.join(DestinationKind.values)}."})
     options = dict(options or {}) if isinstance(options, dict) else options
     replay = options.pop("replay_from", None) if isinstance(options, dict) else None
     clean_secret = _validate_secret(secret, kind)
+    certificate, key = validate_client_identity(client_certificate, client_key)
     destination = AuditDestination(
         organization=organization,
         name=_validate_name(organization, name),
@@ -296,6 +358,8 @@ def destination_create(
         ca_certificate=validate_ca_certificate(ca_certificate),
         secret_encrypted=encrypt_secret(clean_secret) if clean_secret else "",
         secret_hint=secret_hint(clean_secret) if clean_secret else "",
+        client_certificate=certificate,
+        client_key_encrypted=encrypt_secret(key) if key else "",
         options=_validate_options(options, kind),
         enabled=bool(enabled),
     )
@@ -336,10 +400,16 @@ def destination_update(
     use_tls: bool | None = None,
     ca_certificate: str | None = None,
     secret: str | None = None,
+    client_certificate: str | None = None,
+    client_key: str | None = None,
     options: dict[str, Any] | None = None,
     enabled: bool | None = None,
 ) -> AuditDestination:
-    """Change a destination's settings; a non-empty `secret` replaces the stored one (the kind never changes)."""
+    """Change a destination's settings; a non-empty `secret` replaces the stored one (the kind never changes).
+
+    A new client certificate comes with its key (or matches the stored one); an empty `client_certificate`
+    removes the client identity, key included.
+    """
     organization = destination.organization
     require_actor_permission(actor, organization, MANAGE_ACTION)
     destination = AuditDestination.objects.select_for_update().get(pk=destination.pk)
@@ -362,6 +432,8 @@ def destination_update(
         destination.options = _validate_options(options, destination.kind)
     if enabled is not None:
         destination.enabled = bool(enabled)
+    if client_certificate is not None or client_key:
+        _change_client_identity(destination, client_certificate, client_key)
     new_secret = _validate_secret(secret, destination.kind) if secret else ""
     if new_secret:
         destination.secret_encrypted = encrypt_secret(new_secret)
@@ -393,6 +465,27 @@ def destination_update(
     )
     transaction.on_commit(partial(_after_commit, organization.pk))
     return destination
+
+
+def _change_client_identity(destination: AuditDestination, certificate: str | None, key: str | None) -> None:
+    """Set, replace or (with an empty certificate) remove the client identity; the stored key serves a new
+    certificate given without one, when it matches."""
+    if certificate is not None and not certificate.strip():
+        if key:
+            raise ValidationError({"client_key": "A client key needs its certificate: give client_certificate too."})
+        destination.client_certificate, destination.client_key_encrypted = "", ""
+        return
+    if not key and destination.client_key_encrypted:
+        try:
+            key = destination_client_key(destination)
+        except DeliveryError:
+            raise ValidationError(
+                {"client_key": "The stored key cannot be decrypted: give client_key again."}
+            ) from None
+    certificate, key = validate_client_identity(
+        destination.client_certificate if certificate is None else certificate, key or ""
+    )
+    destination.client_certificate, destination.client_key_encrypted = certificate, encrypt_secret(key)
 
 
 @transaction.atomic
@@ -446,8 +539,8 @@ def destination_test(*, actor: Actor, destination: AuditDestination) -> ProbeRes
     require_actor_permission(actor, organization, MANAGE_ACTION)
     secret = ""
     try:
-        secret = destination_secret(destination)
-        build_sender(destination, secret).send([probe_row(destination)])
+        sender, secret = destination_sender(destination)
+        sender.send([probe_row(destination)])
         result = ProbeResult(ok=True)
     except DeliveryError as exc:
         result = ProbeResult(ok=False, error=scrub(str(exc), secret))

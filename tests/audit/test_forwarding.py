@@ -357,3 +357,33 @@ def test_a_secret_no_key_opens_fails_the_test_saying_so_and_does_not_stop_a_paus
     assert "cannot be decrypted" in tested.json()["error"]
     assert AuditEvent.objects.filter(action="audit.destination_tested", outcome="failure").exists()
     assert paused.status_code == 200 and paused.json()["enabled"] is False
+
+
+def test_a_client_certificate_comes_with_its_own_key_and_only_over_tls(org, owner) -> None:
+    certificate, key = self_signed_certificate(hostname="airlock")
+    _, other_key = self_signed_certificate(hostname="other")
+    syslog = {"name": "s", "kind": "syslog", "host": "siem", "port": 6514, "use_tls": True}
+    cases = [
+        ({**syslog, "client_certificate": certificate}, "client_key", "private key"),
+        ({**syslog, "client_key": key}, "client_certificate", "client certificate"),
+        ({**syslog, "client_certificate": certificate, "client_key": other_key}, "client_key", "does not belong"),
+        ({**syslog, "client_certificate": certificate, "client_key": "nope"}, "client_key", "PEM private key"),
+        ({**syslog, "client_certificate": key, "client_key": key}, "client_certificate", "private key"),
+        (
+            {**syslog, "use_tls": False, "client_certificate": certificate, "client_key": key},
+            "client_certificate",
+            "TLS",
+        ),
+    ]
+    for payload, field, words in cases:
+        response = api(owner).post(url(org), payload, format="json")
+        assert response.status_code == 400, (field, response.content)
+        assert words in str(response.json()[field])
+    assert not AuditDestination.objects.exists()
+
+    created = api(owner).post(url(org), {**syslog, "client_certificate": certificate, "client_key": key}, format="json")
+    removed = api(owner).patch(url(org, f"{created.json()['id']}/"), {"client_certificate": ""}, format="json")
+
+    assert created.status_code == 201 and created.json()["has_client_key"] is True
+    assert removed.status_code == 200 and removed.json()["has_client_key"] is False
+    assert removed.json()["client_certificate"] == ""

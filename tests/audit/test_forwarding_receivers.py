@@ -295,6 +295,39 @@ def test_syslog_over_tls_trusts_the_given_ca_only(org, owner, tmp_path) -> None:
         receiver.stop()
 
 
+def test_syslog_over_mutual_tls_presents_the_client_certificate_and_a_refusal_is_an_error(org, owner, tmp_path) -> None:
+    server_certificate, server_key = self_signed_certificate()
+    client_certificate, client_key = self_signed_certificate(hostname="airlock-forwarder")
+    receiver = SyslogReceiver(
+        certificate=server_certificate, key=server_key, tmp_path=tmp_path, client_ca=client_certificate
+    ).start()
+    common = {"host": "127.0.0.1", "port": receiver.port, "use_tls": True, "ca_certificate": server_certificate}
+    try:
+        identified = make_destination(
+            org, owner, "syslog", client_certificate=client_certificate, client_key=client_key, **common
+        )
+        anonymous = destination_create(actor=owner, organization=org, name="anonymous", kind="syslog", **common)
+        start = identified.delivered_sequence
+        write_events(org, owner, 3)
+
+        assert deliver_destination(identified.pk).ok
+        refused = deliver_destination(anonymous.pk)  # TLS 1.3: the refusal comes after the handshake
+
+        assert receiver.client_subjects == ["airlock-forwarder"]
+        assert len(receiver.parsed) == refreshed(identified).delivered_sequence - start == 5
+        assert not refused.ok and "cannot deliver to 127.0.0.1" in refused.error
+        assert AuditDestination.objects.get(pk=anonymous.pk).delivered_sequence == anonymous.delivered_sequence
+    finally:
+        receiver.stop()
+    shown = APIClient()
+    shown.force_authenticate(owner)
+    answer = shown.get(f"/api/v1/orgs/{org.slug}/audit/destinations/{identified.pk}/").json()
+    assert answer["has_client_key"] is True and answer["client_certificate"] == client_certificate.strip() + "\n"
+    key_body = client_key.split("-----")[2].strip()[:40]
+    stored = str(list(AuditEvent.objects.values_list("data", flat=True))) + json.dumps(answer)
+    assert key_body not in stored and "sha256:" in stored
+
+
 def _receiver_for(kind: str, request: pytest.FixtureRequest) -> tuple[Any, dict[str, Any]]:
     if kind == "splunk-hec":
         receiver = request.getfixturevalue("hec")

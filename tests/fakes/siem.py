@@ -276,6 +276,9 @@ class _SyslogHandler(socketserver.BaseRequestHandler):
             except (ssl.SSLError, OSError) as exc:
                 receiver.handshake_errors.append(str(exc))
                 return
+            peer = sock.getpeercert() or {}
+            for field in peer.get("subject", ()):
+                receiver.client_subjects += [value for name, value in field if name == "commonName"]
         stream = sock.makefile("rb")
         try:
             while True:
@@ -321,8 +324,9 @@ class SyslogReceiver:
     the N-th message it resets the connection and stops listening.
     """
 
-    def __init__(self, *, certificate: str = "", key: str = "", tmp_path: Any = None) -> None:
+    def __init__(self, *, certificate: str = "", key: str = "", tmp_path: Any = None, client_ca: str = "") -> None:
         self.messages: list[bytes] = []
+        self.client_subjects: list[str] = []  # the common name of each client certificate presented
         self.framing_errors: list[str] = []
         self.handshake_errors: list[str] = []
         self.crash_after_messages: int | None = None
@@ -335,6 +339,9 @@ class SyslogReceiver:
             key_file.write_text(key)
             self.tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             self.tls_context.load_cert_chain(cert_file, key_file)
+            if client_ca:  # mutual TLS (RFC 5425): only clients with a certificate this CA signed get in
+                self.tls_context.verify_mode = ssl.CERT_REQUIRED
+                self.tls_context.load_verify_locations(cadata=client_ca)
         self._lock = threading.Lock()
         self._server: _SyslogServer | None = None
 
