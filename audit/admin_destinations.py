@@ -25,7 +25,7 @@ class AuditDestinationAdmin(admin.ModelAdmin):
     list_filter = (("organization", admin.RelatedOnlyFieldListFilter), "kind", "enabled")
     search_fields = ("name", "url", "host")
     list_select_related = ("organization",)
-    exclude = ("secret_encrypted",)
+    exclude = ("secret_encrypted", "client_key_encrypted")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[AuditDestination]:
         """Destinations of the organizations the staff user owns, annotated with lag."""
@@ -44,7 +44,7 @@ class AuditDestinationAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: AuditDestination | None = None) -> list[str]:
         """Every field is read-only here."""
-        return [f.name for f in self.model._meta.fields if f.name != "secret_encrypted"]
+        return [f.name for f in self.model._meta.fields if f.name not in self.exclude]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         """Add destinations through the API or the CLI (validated and audited)."""

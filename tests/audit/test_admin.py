@@ -102,3 +102,27 @@ def test_reading_one_event_is_audited_with_its_id(client, logs, superuser, org):
 
     [read] = viewed(org)
     assert read == {"view": "admin.event", "filters": {}, "event_id": str(event.pk)}
+
+
+def test_the_destination_admin_never_shows_a_secret_or_a_client_key(client, superuser, org):
+    from audit.forwarding.services import destination_create
+    from tests.fakes.siem import self_signed_certificate
+
+    certificate, key = self_signed_certificate(hostname="airlock")
+    destination = destination_create(
+        actor=superuser,
+        organization=org,
+        name="siem",
+        kind="splunk-hec",
+        url="https://splunk.internal:8088",
+        secret="hec-token-5e6f7a8b9c0d",
+        client_certificate=certificate,
+        client_key=key,
+    )
+    client.force_login(superuser)
+
+    page = client.get(f"/admin/audit/auditdestination/{destination.pk}/change/").content.decode()
+
+    assert "siem" in page
+    assert "hec-token-5e6f7a8b9c0d" not in page and "gAAAAA" not in page  # no secret, no ciphertext
+    assert key.split("-----")[2].strip()[:40] not in page
