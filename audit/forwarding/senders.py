@@ -35,6 +35,8 @@ HEC_PATH = "/services/collector/event"
 HEC_SOURCE = "airlock"
 HEC_SOURCETYPE = "airlock:audit"
 SYSLOG_APP_NAME = "airlock"
+# RFC 5424 SD-ID: a name and an IANA enterprise number. 32473 is the number RFC 5612 sets aside for examples:
+# an organization with its own number sets it in the destination's `sd_id` option.
 SYSLOG_SD_ID = "airlock@32473"
 SYSLOG_DEFAULT_FACILITY = 13  # "log audit"
 # Severity by outcome: success = informational, failure = notice, denied = warning.
@@ -293,6 +295,7 @@ def syslog_message(
     facility: int = SYSLOG_DEFAULT_FACILITY,
     organization_slug: str = "",
     max_bytes: int = SYSLOG_MAX_MESSAGE_BYTES,
+    sd_id: str = SYSLOG_SD_ID,
 ) -> bytes:
     """One RFC 5424 message: `<PRI>1 TIMESTAMP HOSTNAME airlock - ACTION [airlock@32473 seq id] BOM JSON`.
 
@@ -313,7 +316,7 @@ def syslog_message(
         ]
     )
     structured = (
-        f'[{SYSLOG_SD_ID} seq="{row.sequence}" id="{_sd_value(str(row.id))}" '
+        f'[{sd_id} seq="{row.sequence}" id="{_sd_value(str(row.id))}" '
         f'org="{row.organization_id}" outcome="{_sd_value(str(row.outcome))}"]'
     )
     prefix = f"{header} {structured} ".encode() + SYSLOG_BOM
@@ -349,6 +352,7 @@ class SyslogSender:
     facility: int = SYSLOG_DEFAULT_FACILITY
     organization_slug: str = ""
     max_message_bytes: int = SYSLOG_MAX_MESSAGE_BYTES
+    sd_id: str = SYSLOG_SD_ID
 
     def send(self, rows: Sequence[Any]) -> None:
         """Write the framed messages, half-close, and wait for the receiver's close."""
@@ -360,6 +364,7 @@ class SyslogSender:
                     facility=self.facility,
                     organization_slug=self.organization_slug,
                     max_bytes=self.max_message_bytes,
+                    sd_id=self.sd_id,
                 )
             )
             for row in rows
@@ -436,6 +441,7 @@ def build_sender(destination: AuditDestination, secret: str, *, client_key: str 
             facility=int(options.get("facility", SYSLOG_DEFAULT_FACILITY)),
             organization_slug=slug,
             max_message_bytes=int(options.get("max_message_bytes", SYSLOG_MAX_MESSAGE_BYTES)),
+            sd_id=str(options.get("sd_id") or SYSLOG_SD_ID),
         )
     raise DeliveryError(f"unknown destination kind {destination.kind!r}")
 

@@ -36,7 +36,7 @@ MAX_CA_LENGTH = 200_000
 KNOWN_OPTIONS = {
     DestinationKind.SPLUNK_HEC: {"index", "hostname"},
     DestinationKind.WEBHOOK: set(),
-    DestinationKind.SYSLOG: {"facility", "hostname", "max_message_bytes"},
+    DestinationKind.SYSLOG: {"facility", "hostname", "max_message_bytes", "sd_id"},
 }
 SECRET_NAME = {DestinationKind.SPLUNK_HEC: "HEC token", DestinationKind.WEBHOOK: "HMAC secret"}
 
@@ -219,6 +219,8 @@ def _validate_secret(secret: str, kind: str) -> str:
 
 
 _OPTION_WORD = re.compile(r"[\x21-\x7e]{0,255}")
+# RFC 5424 SD-ID with an enterprise number: printable ASCII but space, =, ] and ", at most 32 characters.
+_SD_ID = re.compile(r'(?=.{3,32}$)[^\x00-\x20\x7f-\U0010ffff=\]"@]+@[0-9]+')
 
 
 def _validate_options(options: Any, kind: str) -> dict[str, Any]:
@@ -237,6 +239,15 @@ def _validate_options(options: Any, kind: str) -> dict[str, Any]:
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 23:
                 raise ValidationError(
                     {"options": "facility must be a syslog facility number, 0 to 23 (13: log audit)."}
+                )
+            clean[key] = value
+        elif key == "sd_id":
+            if not isinstance(value, str) or not _SD_ID.fullmatch(value):
+                raise ValidationError(
+                    {
+                        "options": "sd_id must be NAME@ENTERPRISE-NUMBER (RFC 5424), e.g. airlock@12345: at most 32 "
+                        "printable ASCII characters, without spaces, =, ] or quotes."
+                    }
                 )
             clean[key] = value
         elif key == "max_message_bytes":

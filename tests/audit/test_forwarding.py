@@ -124,6 +124,11 @@ def test_foreign_destination_id_answers_404(org, other_org, owner, outsider) -> 
         (hec_payload(url="https://splunk.internal:0"), "url", "port"),
         ({"name": "s", "kind": "syslog", "host": "256.1.1.1", "port": 514}, "host", "not a host name"),
         (hec_payload(options={"index": "main\u0007"}), "options", "printable ASCII"),
+        (
+            {"name": "s", "kind": "syslog", "host": "siem", "port": 514, "options": {"sd_id": "acme audit"}},
+            "options",
+            "sd_id",
+        ),
         (hec_payload(url="https://splunk.internal/hec?token=abc"), "url", "?query"),
         (
             {"name": "s", "kind": "syslog", "host": "siem", "port": 514, "options": {"max_message_bytes": 100}},

@@ -214,7 +214,12 @@ def test_hec_with_indexer_acknowledgement_gets_a_channel_per_destination(org, ow
 def test_syslog_frames_are_rfc5424_with_octet_counting(org, owner, syslog) -> None:
     start = AuditChainHead.objects.get_or_create(organization=org)[0].sequence
     destination = make_destination(
-        org, owner, "syslog", host="127.0.0.1", port=syslog.port, options={"hostname": "airlock-test"}
+        org,
+        owner,
+        "syslog",
+        host="127.0.0.1",
+        port=syslog.port,
+        options={"hostname": "airlock-test", "sd_id": "acme-audit@55555"},
     )
     record(action="auth.login_failed", actor=owner, organization=org, outcome="denied")
     write_events(org, owner, 3)
@@ -227,6 +232,7 @@ def test_syslog_frames_are_rfc5424_with_octet_counting(org, owner, syslog) -> No
     assert [m.params["id"] for m in messages] == expected_ids(org, start)
     assert {m.app_name for m in messages} == {"airlock"}
     assert {m.hostname for m in messages} == {"airlock-test"}
+    assert all(m.structured_data.startswith("[acme-audit@55555 ") for m in messages)
     assert messages[1].msgid == "auth.login_failed"
     assert messages[1].pri == 13 * 8 + 4  # log audit, warning (denied)
     assert messages[2].pri == 13 * 8 + 6  # log audit, informational
