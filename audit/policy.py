@@ -20,10 +20,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import re2
+import regex
 from django.conf import settings
 
-from audit.chain import canonical_json, clean_text, normalize, storable_json
+from audit.chain import canonical_json, normalize, storable_json
 from audit.models import AuditSettings, ContentPolicy
 from audit.secrets import mask_secrets, mask_secrets_in_text, may_hold_secrets
 
@@ -33,6 +33,9 @@ DEFAULT_CACHE_SECONDS = 5.0
 MAX_PATTERNS = 50
 MAX_PATTERN_LENGTH = 500
 PATTERN_MASK = "[REDACTED:pattern]"
+PATTERN_TIMEOUT_MASK = "[REDACTED:pattern-unavailable]"  # timed out, or could not be compiled
+# Matching time one event's redaction patterns may take (AUDIT_REDACTION_TIMEOUT_SECONDS).
+DEFAULT_PATTERN_TIMEOUT = 0.05
 
 # The fields of each action's data that carry content (what people typed, what the model or a command
 # printed). Under the `digest` policy only their sha256 and length are kept. Commands and tool arguments
@@ -51,35 +54,32 @@ class CompiledPolicy:
     """An organization's content policy, ready to apply: the policy name and its compiled patterns."""
 
     content_policy: str
-    patterns: tuple[Any, ...] = ()  # compiled RE2 patterns
+    patterns: tuple[Any, ...] = ()  # compiled `regex` patterns
+    # A stored pattern could not be compiled: text is masked whole rather than written unredacted.
+    fail_closed: bool = False
+
+    @property
+    def redacts(self) -> bool:
+        """Whether text goes through the patterns (or is masked whole for want of them)."""
+        return bool(self.patterns) or self.fail_closed
 
 
 DEFAULT_POLICY = CompiledPolicy(content_policy=ContentPolicy.FULL)
 
 _cache: dict[int, tuple[float, CompiledPolicy]] = {}
-_RE2_OPTIONS = re2.Options()
-_RE2_OPTIONS.log_errors = False  # a refused pattern is reported to whoever typed it, not to stderr
 _cache_lock = threading.Lock()
 
 
 def compile_redaction_pattern(pattern: str) -> Any:
-    """A redaction pattern compiled with RE2; ValueError saying what is wrong with it.
+    """A redaction pattern compiled (Python `re` syntax, by the `regex` module); ValueError saying what is wrong.
 
-    RE2 matches in time linear in the text, so no pattern, however written, can stall the writer of an event
-    (Python's `re` can backtrack for hours on `(a+)+$`). Its syntax is Python's without look-arounds and
-    back-references.
+    `regex` matches with a timeout (`_apply_patterns`), so no pattern, however written, can stall the writer of
+    an event: Python's `re` can backtrack for hours on `(a+)+$`.
     """
     try:
-        compiled = re2.compile(pattern, options=_RE2_OPTIONS)
-    except re2.error as exc:
-        reason = exc.args[0] if exc.args else exc
-        reason = reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason)
-        raise ValueError(
-            f"{pattern!r} is not a valid regular expression ({reason}); patterns use RE2 syntax, "
-            "which has no look-arounds or back-references"
-        ) from None
-    except (UnicodeError, TypeError, OverflowError):
-        raise ValueError(f"{pattern!r} is not a valid regular expression") from None
+        compiled = regex.compile(pattern, flags=regex.VERSION0)
+    except (regex.error, OverflowError, RecursionError, TypeError, ValueError) as exc:
+        raise ValueError(f"{pattern!r} is not a valid regular expression ({exc})") from None
     if compiled.match(""):
         raise ValueError(f"{pattern!r} matches empty text, so it would mask nothing")
     return compiled
@@ -106,18 +106,21 @@ def validate_redaction_patterns(patterns: object) -> list[str]:
 
 
 def _compile(content_policy: str, patterns: object) -> CompiledPolicy:
-    compiled = []
+    compiled, fail_closed = [], False
     if content_policy == ContentPolicy.REDACTED and isinstance(patterns, list):
         for pattern in patterns:
             try:
                 compiled.append(compile_redaction_pattern(str(pattern)))
             except ValueError:
-                # Saved around the service (which refuses it); skip it rather than fail every audited action.
-                logger.error("Skipping an invalid audit redaction pattern %r", pattern)
+                # Saved around the service (which refuses it): what it was to mask must not go out in clear.
+                logger.error(
+                    "Invalid audit redaction pattern %r: the organization's event text is masked whole", pattern
+                )
+                fail_closed = True
     if content_policy not in ContentPolicy.values:
         logger.error("Unknown audit content policy %r; keeping full content", content_policy)
         content_policy = ContentPolicy.FULL
-    return CompiledPolicy(content_policy=content_policy, patterns=tuple(compiled))
+    return CompiledPolicy(content_policy=content_policy, patterns=tuple(compiled), fail_closed=fail_closed)
 
 
 def _cache_seconds() -> float:
@@ -158,16 +161,42 @@ def digest(value: Any) -> dict[str, Any]:
     return {"sha256": hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest(), "length": len(text)}
 
 
-def _apply_patterns(value: Any, patterns: tuple[Any, ...]) -> Any:
+class _PatternBudget:
+    """The matching time one event's patterns may take; once a match runs out of it, the rest of the event's
+    text is masked whole (fail closed: text an owner asked to redact never goes out unmasked)."""
+
+    def __init__(self, *, exhausted: bool = False) -> None:
+        self.exhausted = exhausted
+
+    def sub(self, pattern: Any, text: str) -> str:
+        """`text` with the pattern's matches masked, or wholly masked when the time is up."""
+        if self.exhausted:
+            return PATTERN_TIMEOUT_MASK
+        try:
+            return pattern.sub(PATTERN_MASK, text, timeout=_pattern_timeout())
+        except TimeoutError:
+            self.exhausted = True
+            logger.warning("An audit redaction pattern ran out of time; the event's text is masked whole")
+            return PATTERN_TIMEOUT_MASK
+
+
+def _pattern_timeout() -> float:
+    return float(getattr(settings, "AUDIT_REDACTION_TIMEOUT_SECONDS", DEFAULT_PATTERN_TIMEOUT))
+
+
+def _apply_patterns(value: Any, patterns: tuple[Any, ...], budget: _PatternBudget | None = None) -> Any:
+    budget = budget or _PatternBudget()
     if isinstance(value, str):
-        value = clean_text(str(value))  # a plain str in UTF-8 for RE2: no lone surrogates (stored as U+FFFD anyway)
+        if budget.exhausted:
+            return PATTERN_TIMEOUT_MASK
+        value = str(value)  # a plain str, not a subclass such as a choices member
         for pattern in patterns:
-            value = pattern.sub(PATTERN_MASK, value)
+            value = budget.sub(pattern, value)
         return value
     if isinstance(value, dict):
-        return {key: _apply_patterns(item, patterns) for key, item in value.items()}
+        return {key: _apply_patterns(item, patterns, budget) for key, item in value.items()}
     if isinstance(value, list):
-        return [_apply_patterns(item, patterns) for item in value]
+        return [_apply_patterns(item, patterns, budget) for item in value]
     return value
 
 
@@ -179,8 +208,8 @@ def prepare_event_data(*, organization_id: int, action: str, data: dict[str, Any
         if fields and any(data.get(name) is not None for name in fields):
             data = {key: digest(value) if key in fields and value is not None else value for key, value in data.items()}
     prepared = mask_secrets(data)
-    if policy.patterns:
-        prepared = _apply_patterns(prepared, policy.patterns)
+    if policy.redacts:
+        prepared = _apply_patterns(prepared, policy.patterns, _PatternBudget(exhausted=policy.fail_closed))
     return prepared
 
 
@@ -208,6 +237,6 @@ def prepare_event_text(*, organization_id: int, text: str) -> str:
         return text
     text = mask_secrets_in_text(text)
     policy = policy_for(organization_id)
-    if policy.patterns:
-        text = _apply_patterns(text, policy.patterns)
+    if policy.redacts:
+        text = _apply_patterns(text, policy.patterns, _PatternBudget(exhausted=policy.fail_closed))
     return text

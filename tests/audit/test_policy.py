@@ -274,3 +274,14 @@ def test_masking_costs_little_per_event_so_ingest_stays_fast(org):
         best = min(best, (time.perf_counter() - started) / 200)
 
     assert best < 0.000_15  # well inside the 200 µs an event may cost at 5,000 events/s
+
+
+def test_a_stored_pattern_that_no_longer_compiles_masks_text_whole_not_never(org, agents_user):
+    AuditSettings.objects.create(organization=org, content_policy="redacted", redaction_patterns=["(unclosed"])
+    invalidate_policy()
+
+    event = record(
+        action="prompt.submitted", actor=agents_user, organization=org, data={"text": "PATIENT-4711", "n": 2}
+    )
+
+    assert AuditEvent.objects.get(pk=event.pk).data == {"text": "[REDACTED:pattern-unavailable]", "n": 2}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -114,25 +115,28 @@ def test_invalid_regex_is_an_error_on_its_line_and_changes_nothing(org, owner):
     assert AuditEvent.objects.filter(organization=org).count() == events_before
 
 
-@pytest.mark.parametrize(
-    ("pattern", "words"),
-    [("(?<=MRN-)\\d+", "look-arounds"), ("(x)\\1", "back-references"), ("a{1001}", "repetition")],
-)
-def test_a_pattern_re2_cannot_run_is_refused_saying_why(org, owner, pattern, words):
-    response = _client(owner).post(PAGE, _policy_post(content_policy="redacted", redaction_patterns=pattern))
+def test_a_pattern_that_would_backtrack_for_hours_masks_the_text_whole_instead(org, owner, agents_user, settings):
+    settings.AUDIT_REDACTION_TIMEOUT_SECONDS = 0.05
+    _client(owner).post(PAGE, _policy_post(content_policy="redacted", redaction_patterns="(a|aa)+$"))
+    hostile = "a" * 60 + "!"  # Python's re needs about 2**40 steps to give up on this text
+    began = time.monotonic()
 
-    [error] = _field_errors(response.content.decode(), "redaction_patterns")
-    assert error.startswith("Line 1:") and words in error
-    assert _settings(org) is None
+    event = record(action="prompt.submitted", actor=agents_user, organization=org, data={"text": hostile, "n": 1})
+
+    assert time.monotonic() - began < 5
+    assert AuditEvent.objects.get(pk=event.pk).data == {"text": "[REDACTED:pattern-unavailable]", "n": 1}
 
 
-def test_a_pattern_that_would_backtrack_for_hours_masks_in_linear_time(org, owner, agents_user):
-    _client(owner).post(PAGE, _policy_post(content_policy="redacted", redaction_patterns="(a+)+$"))
-    hostile = "a" * 5000 + "!"  # Python's re needs about 2**5000 steps for this text
+def test_look_arounds_and_unicode_classes_mask_as_python_patterns_do(org, owner, agents_user):
+    _client(owner).post(PAGE, _policy_post(content_policy="redacted", redaction_patterns="(?<=MRN-)\\d+\n\\bJos\\w+"))
 
-    event = record(action="prompt.submitted", actor=agents_user, organization=org, data={"text": hostile + " aaa"})
+    event = record(
+        action="prompt.submitted", actor=agents_user, organization=org, data={"text": "José has MRN-١٢٣ and MRN-42"}
+    )
 
-    assert AuditEvent.objects.get(pk=event.pk).data == {"text": hostile + " [REDACTED:pattern]"}
+    assert AuditEvent.objects.get(pk=event.pk).data == {
+        "text": "[REDACTED:pattern] has MRN-[REDACTED:pattern] and MRN-[REDACTED:pattern]"
+    }
 
 
 def test_a_pattern_holding_a_line_separator_stays_one_pattern(org, owner):
