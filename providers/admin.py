@@ -28,6 +28,7 @@ from providers.validation import (
     PRICE_FIELDS,
     clean_base_url,
     clean_model_fields,
+    shown_headers,
     validate_api_key,
     validate_context_limit,
     validate_extra_headers,
@@ -133,8 +134,8 @@ class ProviderForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self.instance.pk:
-            self.initial["extra_headers"] = json.dumps(self.instance.extra_headers or {})
+        if self.instance.pk:  # a credential's value shows as "(unchanged)"; sent back so, the service keeps it
+            self.initial["extra_headers"] = json.dumps(shown_headers(self.instance.extra_headers))
 
     def clean_extra_headers(self) -> dict[str, str]:
         """Parse the JSON text; the service checks the names and values."""
@@ -195,11 +196,17 @@ class ProviderAdmin(_ScopedAdmin):
         """The editable fields, then the key's hint; the encrypted column is never part of the form."""
         fields = ["organization", "name", "kind", *PROVIDER_SETTINGS, "is_simulator"]
         if not self.has_change_permission(request, obj):
-            return [*fields, "api_key_hint", "created_at", "updated_at"]
+            shown = ["shown_extra_headers" if field == "extra_headers" else field for field in fields]
+            return [*shown, "api_key_hint", "created_at", "updated_at"]
         fields.append("new_api_key")
         if obj is not None:
             fields += ["clear_api_key", "api_key_hint", "created_at", "updated_at"]
         return fields
+
+    @admin.display(description="extra headers")
+    def shown_extra_headers(self, obj: Provider) -> str:
+        """The extra headers as readers see them: a credential's value as "(unchanged)"."""
+        return json.dumps(shown_headers(obj.extra_headers))
 
     def get_readonly_fields(self, request: HttpRequest, obj: Provider | None = None) -> list[str]:
         """Organization and kind are fixed once created; auditors read everything."""

@@ -14,7 +14,7 @@ from django.db.models import QuerySet
 from organizations.models import Organization
 from providers.models import LanguageModel, Provider, ProviderKind
 from providers.selectors import access_user
-from providers.validation import HEADER_KEEP, REASONING_EFFORTS, is_secret_header
+from providers.validation import HEADER_KEEP, REASONING_EFFORTS, shown_headers
 
 # Which optional settings each kind uses (name and base_url are shown for every kind; api_key too).
 KIND_FIELDS: dict[str, frozenset[str]] = {
@@ -44,10 +44,7 @@ def kinds_using(field: str) -> str:
 
 def headers_as_text(headers: dict[str, Any] | None) -> str:
     """Stored headers as the textarea shows them, credential values replaced by HEADER_KEEP."""
-    lines = []
-    for name, value in (headers or {}).items():
-        lines.append(f"{name}: {HEADER_KEEP if is_secret_header(name) else value}")
-    return "\n".join(lines)
+    return "\n".join(f"{name}: {value}" for name, value in shown_headers(headers).items())
 
 
 def parse_headers(text: str, *, stored: dict[str, Any] | None = None) -> dict[str, str]:

@@ -90,7 +90,7 @@ def provider_create(
     kind = validate_kind(kind)
     clean_url = clean_base_url(kind, base_url)
     key = validate_api_key(api_key or "")
-    headers = validate_extra_headers(extra_headers)
+    headers = validate_extra_headers(keep_stored_headers(extra_headers, stored={}))
     clean_version = clean_text(api_version, field="api_version", limit=40)
     clean_region = clean_text(region, field="region", limit=40)
     clean_key_id = clean_text(aws_access_key_id, field="aws_access_key_id", limit=128)
@@ -226,6 +226,7 @@ def provider_delete(*, actor: Actor, provider: Provider) -> None:
             {"provider": f"Models still use {provider.name!r} ({', '.join(used_by)}): delete or move them first."}
         )
     snapshot = _provider_snapshot(provider)
+    snapshot["extra_headers"] = audited_headers(snapshot["extra_headers"])
     snapshot["api_key_hint"] = _stored_key_mask(provider)
     target_pk = provider.pk
     try:

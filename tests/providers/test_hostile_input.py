@@ -120,3 +120,35 @@ def test_a_gateway_credential_header_is_shown_as_unchanged_kept_when_sent_back_a
     logged = str(list(AuditEvent.objects.values_list("data", flat=True)))
     assert GATEWAY_TOKEN not in logged and "****4e6f" in logged
     assert GATEWAY_TOKEN not in set_token.content.decode() + sent_back.content.decode()
+
+
+def test_a_gateway_credential_stays_hidden_in_the_admin_and_when_its_provider_is_deleted(
+    client, org, owner, auditor, provider
+) -> None:
+    api(owner).patch(f"{PROVIDERS}{provider.pk}/", {"extra_headers": {"X-Gateway-Token": GATEWAY_TOKEN}}, format="json")
+    for user in (owner, auditor):
+        user.is_staff = True
+        user.save()
+        client.force_login(user)
+        page = client.get(f"/admin/providers/provider/{provider.pk}/change/")
+        assert page.status_code == 200
+        assert GATEWAY_TOKEN not in page.content.decode() and "(unchanged)" in page.content.decode()
+
+    assert api(owner).delete(f"{PROVIDERS}{provider.pk}/").status_code == 204
+
+    assert GATEWAY_TOKEN not in str(list(AuditEvent.objects.values_list("data", flat=True)))
+
+
+def test_unchanged_is_not_a_value_a_new_provider_can_have(owner) -> None:
+    response = api(owner).post(
+        PROVIDERS,
+        {
+            "name": "gw",
+            "kind": "openai-compatible",
+            "base_url": "https://gw.internal/v1",
+            "extra_headers": {"X-Gateway-Token": "(unchanged)"},
+        },
+        format="json",
+    )
+
+    assert response.status_code == 400 and "none is stored" in str(response.json()["extra_headers"])
