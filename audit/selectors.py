@@ -93,8 +93,11 @@ def parse_moment(name: str, raw: str) -> dt.datetime:
     A time without an offset is UTC. ValidationError naming `name` for anything else, including a time that
     falls outside years 1 to 9999 once moved to UTC.
     """
+    text = str(raw).strip()
+    if text.endswith("z"):  # fromisoformat takes "Z" only
+        text = text[:-1] + "Z"
     try:
-        moment = dt.datetime.fromisoformat(str(raw).strip())
+        moment = dt.datetime.fromisoformat(text)
     except ValueError:
         raise ValidationError(
             {name: f"{name} must be an ISO 8601 date or time (like 2025-01-31T12:00:00Z), got {str(raw)[:100]!r}."}

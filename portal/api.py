@@ -13,9 +13,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """Turn Django's validation and permission errors raised by services into clear 4xx answers."""
-    if isinstance(exc, RecursionError):  # JSON nested thousands deep, parsed by a field of a form-encoded body
-        exc = exceptions.ParseError("The JSON is nested too deeply: send a flat object.")
-    elif isinstance(exc, DjangoValidationError):
+    if isinstance(exc, DjangoValidationError):
         detail = exc.message_dict if hasattr(exc, "error_dict") else {"detail": exc.messages}
         exc = exceptions.ValidationError(detail)
     elif isinstance(exc, DjangoPermissionDenied):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rest_framework import exceptions
+from rest_framework import exceptions, serializers
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
@@ -77,3 +77,15 @@ def _encodes(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+class BoundedJSONField(serializers.JSONField):
+    """A JSON field that answers 400, not 500, to JSON text nested too deeply to parse (a form-encoded body's
+    field is parsed here, not by `StrictJSONParser`)."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        """The parsed value; ValidationError for nesting Python cannot parse."""
+        try:
+            return super().to_internal_value(data)
+        except RecursionError:
+            raise serializers.ValidationError("The JSON is nested too deeply: send a flat object.") from None

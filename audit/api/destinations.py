@@ -23,6 +23,7 @@ from audit.forwarding.services import (
 )
 from audit.models import AuditDestination, DestinationKind
 from organizations.api.base import OrganizationScopedViewSet
+from portal.api_inputs import BoundedJSONField
 
 
 class DestinationSerializer(serializers.ModelSerializer):
@@ -84,7 +85,7 @@ class DestinationWriteSerializer(serializers.Serializer):
     secret = serializers.CharField(required=False, allow_blank=True, write_only=True, max_length=5000)
     client_certificate = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
     client_key = serializers.CharField(required=False, allow_blank=True, write_only=True, trim_whitespace=False)
-    options = serializers.JSONField(required=False)
+    options = BoundedJSONField(required=False)
     enabled = serializers.BooleanField(required=False)
 
 

@@ -7,6 +7,7 @@ Only the standard library is used (http.client, socket, ssl).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -92,8 +93,11 @@ def _load_client_identity(context: ssl.SSLContext, certificate: str, key: str) -
     """ssl loads a certificate and key only from a file: an anonymous in-memory file (memfd, never on disk)
     where the system has one, else a private temporary file removed at once."""
     identity = (certificate.strip() + "\n" + key.strip() + "\n").encode("utf-8")
+    descriptor = -1
     if hasattr(os, "memfd_create"):
-        descriptor = os.memfd_create("airlock-client-identity", os.MFD_CLOEXEC)
+        with contextlib.suppress(OSError):  # a kernel or sandbox that refuses it: the temporary file below
+            descriptor = os.memfd_create("airlock-client-identity", os.MFD_CLOEXEC)
+    if descriptor >= 0:
         try:
             view = memoryview(identity)
             while view:
@@ -136,12 +140,15 @@ def _post(url: str, body: bytes, headers: dict[str, str], tls: TlsSettings) -> t
     host = parts.hostname or ""
     where = f"{host}:{parts.port}" if parts.port else host
     timeout = _timeout()
-    if parts.scheme == "https":
-        connection: http.client.HTTPConnection = http.client.HTTPSConnection(
-            host, parts.port, timeout=timeout, context=tls_context(tls)
-        )
-    else:
-        connection = http.client.HTTPConnection(host, parts.port, timeout=timeout)
+    try:
+        if parts.scheme == "https":
+            connection: http.client.HTTPConnection = http.client.HTTPSConnection(
+                host, parts.port, timeout=timeout, context=tls_context(tls)
+            )
+        else:
+            connection = http.client.HTTPConnection(host, parts.port, timeout=timeout)
+    except ssl.SSLError as exc:  # the CA bundle or client certificate OpenSSL will not load
+        raise DeliveryError(_describe_os_error(exc, where)) from None
     target = parts.path or "/"
     if parts.query:
         target += "?" + parts.query

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import ssl
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -23,7 +24,14 @@ from django.db import IntegrityError, transaction
 import audit
 from audit.forwarding import forget_destinations, schedule_forwarding
 from audit.forwarding.delivery import destination_client_key, destination_sender, head_sequence
-from audit.forwarding.senders import SYSLOG_MIN_MESSAGE_BYTES, DeliveryError, probe_row, scrub
+from audit.forwarding.senders import (
+    SYSLOG_MIN_MESSAGE_BYTES,
+    DeliveryError,
+    TlsSettings,
+    probe_row,
+    scrub,
+    tls_context,
+)
 from audit.models import AuditDestination, DestinationKind, Outcome
 from audit.services import Actor
 from organizations.models import Organization
@@ -173,8 +181,10 @@ def validate_client_identity(certificate: str, key: str) -> tuple[str, str]:
         raise ValidationError({"client_certificate": "Give the client certificate (PEM) that goes with this key."})
     if not key:
         raise ValidationError({"client_key": "Give the client certificate's private key (PEM, not encrypted)."})
-    if len(certificate) > MAX_CA_LENGTH or len(key) > MAX_SECRET_LENGTH * 4:
-        raise ValidationError({"client_certificate": "The certificate or key is too large."})
+    if len(certificate) > MAX_CA_LENGTH:
+        raise ValidationError({"client_certificate": "The client certificate is larger than 200 kB."})
+    if len(key) > MAX_SECRET_LENGTH * 4:
+        raise ValidationError({"client_key": "The private key is larger than 16 kB."})
     if "PRIVATE KEY" in certificate:
         raise ValidationError({"client_certificate": "This holds a private key: the key goes in client_key."})
     try:
@@ -192,6 +202,11 @@ def validate_client_identity(certificate: str, key: str) -> tuple[str, str]:
         raise ValidationError(
             {"client_key": "This key does not belong to the client certificate (the first one given)."}
         )
+    try:  # what OpenSSL will load when it sends: it refuses more than parsing does (keys that are too small)
+        tls_context(TlsSettings(client_certificate=certificate, client_key=key))
+    except ssl.SSLError as exc:
+        reason = getattr(exc, "reason", None) or str(exc)
+        raise ValidationError({"client_certificate": f"TLS will not use this certificate and key: {reason}."}) from None
     return certificate + "\n", key + "\n"
 
 
@@ -277,11 +292,16 @@ def _validate_replay_from(value: Any, organization: Organization) -> int:
     return max(value - 1, 0)
 
 
-def _check_complete(destination: AuditDestination, *, has_secret: bool) -> None:
-    """Per kind: the fields a destination needs to deliver."""
+def _check_complete(destination: AuditDestination, *, has_secret: bool, check_url: bool = True) -> None:
+    """Per kind: the fields a destination needs to deliver.
+
+    `check_url=False` (an update that leaves the URL alone) keeps a URL saved under older rules changeable in
+    every other respect: above all, it can be paused.
+    """
     kind = destination.kind
     if kind in (DestinationKind.SPLUNK_HEC, DestinationKind.WEBHOOK):
-        destination.url = _validate_url(destination.url, kind)
+        if check_url or not destination.url:
+            destination.url = _validate_url(destination.url, kind)
         if not has_secret:
             raise ValidationError({"secret": f"Give the {SECRET_NAME[kind]}: it is required for {kind}."})
         if destination.host or destination.port:
@@ -425,6 +445,7 @@ def destination_update(
     require_actor_permission(actor, organization, MANAGE_ACTION)
     destination = AuditDestination.objects.select_for_update().get(pk=destination.pk)
     before = _public_fields(destination)
+    stored_url = destination.url
     if name is not None:
         destination.name = _validate_name(organization, name, exclude_pk=destination.pk)
     if url is not None:
@@ -449,7 +470,7 @@ def destination_update(
     if new_secret:
         destination.secret_encrypted = encrypt_secret(new_secret)
         destination.secret_hint = secret_hint(new_secret)
-    _check_complete(destination, has_secret=bool(destination.secret_encrypted))
+    _check_complete(destination, has_secret=bool(destination.secret_encrypted), check_url=destination.url != stored_url)
     after = _public_fields(destination)
     changes = {key: {"before": before[key], "after": after[key]} for key in after if before[key] != after[key]}
     if new_secret and "secret_hint" not in changes:

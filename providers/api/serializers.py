@@ -6,6 +6,7 @@ from typing import Any
 
 from rest_framework import serializers
 
+from portal.api_inputs import BoundedJSONField
 from providers.models import LanguageModel, Provider
 from providers.validation import shown_headers
 
@@ -123,7 +124,7 @@ class ProviderWriteSerializer(serializers.Serializer):
     )
     clear_api_key = serializers.BooleanField(required=False)
     is_simulator = serializers.BooleanField(required=False)
-    extra_headers = serializers.JSONField(required=False, allow_null=True)
+    extra_headers = BoundedJSONField(required=False, allow_null=True)
     api_version = serializers.CharField(required=False, allow_blank=True)
     region = serializers.CharField(required=False, allow_blank=True)
     aws_access_key_id = serializers.CharField(required=False, allow_blank=True)
@@ -141,16 +142,16 @@ class ModelWriteSerializer(serializers.Serializer):
     provider = serializers.IntegerField(required=False)
     identifier = serializers.CharField(required=False, allow_blank=True)
     display_name = serializers.CharField(required=False, allow_blank=True)
-    context_limit = serializers.JSONField(required=False)
+    context_limit = BoundedJSONField(required=False)
     is_default = serializers.BooleanField(required=False)
     is_enabled = serializers.BooleanField(required=False)
-    compaction_threshold_percent = serializers.JSONField(required=False)
-    max_output_tokens = serializers.JSONField(required=False, allow_null=True)
-    options = serializers.JSONField(required=False, allow_null=True)
-    input_price_per_mtok = serializers.JSONField(required=False)
-    output_price_per_mtok = serializers.JSONField(required=False)
-    cache_read_price_per_mtok = serializers.JSONField(required=False)
-    cache_write_price_per_mtok = serializers.JSONField(required=False)
+    compaction_threshold_percent = BoundedJSONField(required=False)
+    max_output_tokens = BoundedJSONField(required=False, allow_null=True)
+    options = BoundedJSONField(required=False, allow_null=True)
+    input_price_per_mtok = BoundedJSONField(required=False)
+    output_price_per_mtok = BoundedJSONField(required=False)
+    cache_read_price_per_mtok = BoundedJSONField(required=False)
+    cache_write_price_per_mtok = BoundedJSONField(required=False)
     restricted_access = serializers.BooleanField(required=False)
     fallback = serializers.IntegerField(required=False, allow_null=True)
 

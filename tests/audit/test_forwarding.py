@@ -392,3 +392,54 @@ def test_a_client_certificate_comes_with_its_own_key_and_only_over_tls(org, owne
     assert created.status_code == 201 and created.json()["has_client_key"] is True
     assert removed.status_code == 200 and removed.json()["has_client_key"] is False
     assert removed.json()["client_certificate"] == ""
+
+
+def test_a_key_tls_would_refuse_is_refused_when_given(org, owner) -> None:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # below OpenSSL's default security level
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "weak")])
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    payload = {
+        "name": "s",
+        "kind": "syslog",
+        "host": "siem",
+        "port": 6514,
+        "use_tls": True,
+        "client_certificate": certificate.public_bytes(serialization.Encoding.PEM).decode(),
+        "client_key": key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode(),
+    }
+
+    response = api(owner).post(url(org), payload, format="json")
+
+    assert response.status_code == 400
+    assert "TLS will not use this certificate and key" in str(response.json()["client_certificate"])
+
+
+def test_a_destination_saved_under_older_url_rules_can_still_be_paused(org, owner) -> None:
+    legacy = AuditDestination.objects.create(
+        organization=org, name="old", kind="webhook", url="http://siem.internal/hook?k=1", secret_encrypted="x"
+    )
+
+    paused = api(owner).patch(url(org, f"{legacy.pk}/"), {"enabled": False}, format="json")
+    moved = api(owner).patch(url(org, f"{legacy.pk}/"), {"url": "http://siem.internal/other"}, format="json")
+
+    assert paused.status_code == 200 and paused.json()["enabled"] is False
+    assert moved.status_code == 400 and "https://" in str(moved.json()["url"])

@@ -62,13 +62,23 @@ def test_a_session_id_no_event_can_have_answers_404(org, owner, session) -> None
     assert page.get(f"/orgs/acme/audit/sessions/{session}/").status_code == 404
 
 
-def test_a_huge_page_limit_gives_the_largest_page(org, owner) -> None:
+def test_a_huge_page_limit_gives_the_largest_page_and_a_huge_offset_an_empty_one(org, owner) -> None:
+    AuditExport.objects.bulk_create([AuditExport(organization=org, format="jsonl") for _ in range(501)])
     AuditDestination.objects.create(organization=org, name="d", kind="splunk-hec", url="https://siem")
+    huge = "99999999999999999999"
 
+    largest = api(owner).get(EXPORTS, {"limit": huge})
+    assert largest.status_code == 200 and len(largest.json()["results"]) == 500
     for path in (EXPORTS, DESTINATIONS):
-        response = api(owner).get(path, {"limit": "99999999999999999999", "offset": "99999999999999999999"})
+        response = api(owner).get(path, {"limit": huge, "offset": huge})
         assert response.status_code == 200, response.content
         assert response.json()["results"] == []
+
+
+def test_a_lowercase_z_is_utc_as_an_uppercase_one(owner) -> None:
+    response = api(owner).get(EXPORT, {"format": "jsonl", "since": "2025-01-31T00:00:00z"})
+
+    assert response.status_code == 200
 
 
 @pytest.mark.parametrize(
