@@ -13,6 +13,8 @@ from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 
+from portal.text import encodes_as_utf8
+
 
 class BoundedLimitOffsetPagination(LimitOffsetPagination):
     """Limit/offset pages (`?limit=&offset=`) of at most 500 rows, at offsets every database can take.
@@ -54,11 +56,11 @@ class StrictJSONParser(JSONParser):
 def _unstorable_text(value: Any, where: str) -> str | None:
     """The path of the first string (or key) with NUL or an unpaired surrogate in a parsed JSON value, else None."""
     if isinstance(value, str):
-        return where if "\x00" in value or not _encodes(value) else None
+        return where if "\x00" in value or not encodes_as_utf8(value) else None
     if isinstance(value, dict):
         for key, item in value.items():
             path = f"{where}.{key}" if where else str(key)
-            if "\x00" in key or not _encodes(key):
+            if "\x00" in key or not encodes_as_utf8(key):
                 return where or "A key"
             found = _unstorable_text(item, path)
             if found is not None:
@@ -69,14 +71,6 @@ def _unstorable_text(value: Any, where: str) -> str | None:
             if found is not None:
                 return found
     return None
-
-
-def _encodes(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 class BoundedJSONField(serializers.JSONField):

@@ -12,6 +12,7 @@ from django.core.exceptions import ValidationError
 
 from organizations.models import Organization
 from portal.crypto import masked_secret
+from portal.text import encodes_as_utf8
 from providers.models import LanguageModel, Provider, ProviderKind
 
 MAX_CONTEXT_LIMIT = 2_147_483_647  # PositiveIntegerField's ceiling
@@ -238,7 +239,7 @@ def validate_extra_headers(headers: Any) -> dict[str, str]:
                     "plain text, so put the key in api_key instead (it is encrypted and never shown again)."
                 }
             )
-        if any(ch in value for ch in "\r\n\0") or len(value) > 1000 or not _is_utf8(value):
+        if any(ch in value for ch in "\r\n\0") or len(value) > 1000 or not encodes_as_utf8(value):
             raise ValidationError(
                 {"extra_headers": f"Header {header!r}: the value must be one line of at most 1000 characters."}
             )
@@ -246,15 +247,6 @@ def validate_extra_headers(headers: Any) -> dict[str, str]:
             raise ValidationError({"extra_headers": f"Header {header!r} is given twice."})
         clean[header] = value.strip()
     return clean
-
-
-def _is_utf8(text: str) -> bool:
-    """Whether the text encodes as UTF-8 (no unpaired surrogates, which no database stores)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def clean_text(value: Any, *, field: str, limit: int) -> str:

@@ -12,6 +12,7 @@ from agents.services import session_start
 from audit.models import AuditEvent
 from organizations.api.base import OrganizationScopedViewSet
 from organizations.models import Role
+from tests.api import api
 from tests.factories import LanguageModelFactory, UserFactory, make_member
 
 URL = "/api/v1/orgs/acme/sessions/"
@@ -20,12 +21,6 @@ URL = "/api/v1/orgs/acme/sessions/"
 @pytest.fixture
 def model(org):
     return LanguageModelFactory(provider__organization=org, is_default=True)
-
-
-def api(user) -> APIClient:
-    client = APIClient()
-    client.force_authenticate(user)
-    return client
 
 
 def test_agents_user_opens_a_session_and_the_prompt_is_audited_in_full(agents_user, model):

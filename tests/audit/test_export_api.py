@@ -8,19 +8,12 @@ import json
 import warnings
 
 import pytest
-from rest_framework.test import APIClient
 
 from audit.models import AuditEvent
+from tests.api import api
 from tests.audit.conftest import record_mixed_chain
 
 STREAM = "/api/v1/orgs/acme/audit/export"
-
-
-def api(user=None) -> APIClient:
-    client = APIClient()
-    if user is not None:
-        client.force_authenticate(user)
-    return client
 
 
 def body(response) -> str:

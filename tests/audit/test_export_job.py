@@ -9,24 +9,17 @@ import uuid
 from pathlib import Path
 
 import pytest
-from rest_framework.test import APIClient
 
 from audit import signing
 from audit.chain import canonical_json
 from audit.export_services import ExportParams, export_request, export_run
 from audit.jobs.exports import run_audit_export
 from audit.models import AuditChainHead, AuditEvent, AuditExport, ExportStatus
+from tests.api import api
 from tests.audit.conftest import record_mixed_chain
 from tests.factories import OrganizationFactory
 
 EXPORTS = "/api/v1/orgs/acme/audit/exports/"
-
-
-def api(user=None) -> APIClient:
-    client = APIClient()
-    if user is not None:
-        client.force_authenticate(user)
-    return client
 
 
 @pytest.fixture

@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
-from rest_framework.test import APIClient
 
 import audit.forwarding as forwarding
 from audit import record
 from audit.forwarding.delivery import backoff_seconds
 from audit.forwarding.services import destination_create
 from audit.models import AuditChainHead, AuditDestination, AuditEvent
+from tests.api import api
 from tests.fakes.siem import HttpReceiver, SyslogReceiver, self_signed_certificate
 
 HEC_TOKEN = "hec-token-aa11bb22cc33dd44"
@@ -27,13 +27,6 @@ def fresh_cache(settings: Any) -> Iterator[None]:
     forwarding.forget_destinations()
     yield
     forwarding.forget_destinations()
-
-
-def api(user: Any = None) -> APIClient:
-    client = APIClient()
-    if user is not None:
-        client.force_authenticate(user)
-    return client
 
 
 def url(org: Any, suffix: str = "") -> str:
@@ -395,39 +388,15 @@ def test_a_client_certificate_comes_with_its_own_key_and_only_over_tls(org, owne
 
 
 def test_a_key_tls_would_refuse_is_refused_when_given(org, owner) -> None:
-    import datetime as dt
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
 
-    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # below OpenSSL's default security level
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "weak")])
-    now = dt.datetime.now(dt.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # below OpenSSL's default security level
+    certificate, key = self_signed_certificate(hostname="weak", key=weak)
+    payload = {"name": "s", "kind": "syslog", "host": "siem", "port": 6514, "use_tls": True}
+
+    response = api(owner).post(
+        url(org), {**payload, "client_certificate": certificate, "client_key": key}, format="json"
     )
-    payload = {
-        "name": "s",
-        "kind": "syslog",
-        "host": "siem",
-        "port": 6514,
-        "use_tls": True,
-        "client_certificate": certificate.public_bytes(serialization.Encoding.PEM).decode(),
-        "client_key": key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ).decode(),
-    }
-
-    response = api(owner).post(url(org), payload, format="json")
 
     assert response.status_code == 400
     assert "TLS will not use this certificate and key" in str(response.json()["client_certificate"])

@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import pytest
 from django.test import Client
-from rest_framework.test import APIClient
 
 from audit import record
 from audit.models import AuditDestination, AuditExport
+from tests.api import api
 
 EVENTS = "/api/v1/orgs/acme/audit/events/"
 EXPORT = "/api/v1/orgs/acme/audit/export"
 EXPORTS = "/api/v1/orgs/acme/audit/exports/"
 DESTINATIONS = "/api/v1/orgs/acme/audit/destinations/"
-
-
-def api(user) -> APIClient:
-    client = APIClient()
-    client.force_authenticate(user)
-    return client
 
 
 # Valid ISO 8601, but past year 9999 or before year 1 once moved to UTC.

@@ -38,9 +38,12 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, interval: flo
     return predicate()
 
 
-def self_signed_certificate(hostname: str = "localhost", ip: str = "127.0.0.1") -> tuple[str, str]:
-    """A fresh self-signed certificate (PEM) and its private key (PEM) for a loopback TLS server."""
-    key = ec.generate_private_key(ec.SECP256R1())
+def self_signed_certificate(hostname: str = "localhost", ip: str = "127.0.0.1", key: Any = None) -> tuple[str, str]:
+    """A fresh self-signed certificate (PEM) and its private key (PEM) for a loopback TLS server.
+
+    `key`: the private key to certify (a new P-256 key by default).
+    """
+    key = key if key is not None else ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
     now = dt.datetime.now(dt.UTC)
     certificate = (

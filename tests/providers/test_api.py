@@ -9,22 +9,15 @@ from django.core.exceptions import PermissionDenied
 from django.db import connection
 from django.http import Http404
 from django.test.utils import CaptureQueriesContext
-from rest_framework.test import APIClient
 
 from providers.selectors import model_default, model_for_user, models_for_user
 from providers.services import model_create, provider_create
+from tests.api import api
 from tests.factories import LanguageModelFactory
 from tests.providers.conftest import SECRET_KEY
 
 MODELS = "/api/v1/orgs/acme/models/"
 PROVIDERS = "/api/v1/orgs/acme/providers/"
-
-
-def api(user=None) -> APIClient:
-    client = APIClient()
-    if user is not None:
-        client.force_authenticate(user)
-    return client
 
 
 @pytest.fixture

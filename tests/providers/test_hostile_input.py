@@ -5,23 +5,17 @@ from __future__ import annotations
 
 import pytest
 from django.core.exceptions import ValidationError
-from rest_framework.test import APIClient
 
 from audit.models import AuditEvent
 from providers.checks import run_check
 from providers.models import Provider
 from providers.services import model_create, provider_create
 from providers.validation import validate_options
+from tests.api import api
 
 PROVIDERS = "/api/v1/orgs/acme/providers/"
 MODELS = "/api/v1/orgs/acme/models/"
 GATEWAY_TOKEN = "gw-token-7f3e9a1c5b2d4e6f"
-
-
-def api(user) -> APIClient:
-    client = APIClient()
-    client.force_authenticate(user)
-    return client
 
 
 @pytest.fixture
