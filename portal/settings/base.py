@@ -229,7 +229,13 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "portal.api_inputs.BoundedLimitOffsetPagination",
     "PAGE_SIZE": 50,
 }
-SPECTACULAR_SETTINGS = {"TITLE": "Airlock API", "VERSION": AIRLOCK_VERSION, "SERVE_INCLUDE_SCHEMA": False}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Airlock API",
+    "VERSION": AIRLOCK_VERSION,
+    "SERVE_INCLUDE_SCHEMA": False,
+    # The schema maps every endpoint: signed-in users only, like the API itself.
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+}
 
 GUARDIAN_RAISE_403 = False
 ANONYMOUS_USER_NAME = None

@@ -30,3 +30,12 @@ def test_healthz_refuses_post() -> None:
     response = Client().post("/healthz")
 
     assert response.status_code == 405
+
+
+def test_the_api_schema_is_for_signed_in_users_only(client, django_user_model):
+    assert client.get("/api/v1/schema/").status_code in (401, 403)
+    client.force_login(django_user_model.objects.create_user(username="reader", password="x" * 20))
+
+    answer = client.get("/api/v1/schema/")
+
+    assert answer.status_code == 200 and b"/api/v1/orgs/" in answer.content
