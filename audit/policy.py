@@ -107,6 +107,9 @@ def validate_redaction_patterns(patterns: object) -> list[str]:
 
 def _compile(content_policy: str, patterns: object) -> CompiledPolicy:
     compiled, fail_closed = [], False
+    if content_policy == ContentPolicy.REDACTED and patterns and not isinstance(patterns, list):
+        logger.error("Audit redaction patterns stored as %s, not a list: event text is masked whole", type(patterns))
+        fail_closed = True
     if content_policy == ContentPolicy.REDACTED and isinstance(patterns, list):
         for pattern in patterns:
             try:
@@ -162,22 +165,29 @@ def digest(value: Any) -> dict[str, Any]:
 
 
 class _PatternBudget:
-    """The matching time one event's patterns may take; once a match runs out of it, the rest of the event's
-    text is masked whole (fail closed: text an owner asked to redact never goes out unmasked)."""
+    """The matching time one event's patterns share (`AUDIT_REDACTION_TIMEOUT_SECONDS`, 50 ms); once it is
+    spent, the rest of the event's text is masked whole (fail closed: text an owner asked to redact never goes
+    out unmasked)."""
 
     def __init__(self, *, exhausted: bool = False) -> None:
         self.exhausted = exhausted
+        self.deadline = time.monotonic() + _pattern_timeout()
 
     def sub(self, pattern: Any, text: str) -> str:
         """`text` with the pattern's matches masked, or wholly masked when the time is up."""
-        if self.exhausted:
-            return PATTERN_TIMEOUT_MASK
+        left = self.deadline - time.monotonic()
+        if self.exhausted or left <= 0:
+            return self._spent()
         try:
-            return pattern.sub(PATTERN_MASK, text, timeout=_pattern_timeout())
+            return pattern.sub(PATTERN_MASK, text, timeout=left)
         except TimeoutError:
+            return self._spent()
+
+    def _spent(self) -> str:
+        if not self.exhausted:
             self.exhausted = True
-            logger.warning("An audit redaction pattern ran out of time; the event's text is masked whole")
-            return PATTERN_TIMEOUT_MASK
+            logger.warning("The audit redaction patterns ran out of time; the event's remaining text is masked whole")
+        return PATTERN_TIMEOUT_MASK
 
 
 def _pattern_timeout() -> float:
@@ -194,7 +204,15 @@ def _apply_patterns(value: Any, patterns: tuple[Any, ...], budget: _PatternBudge
             value = budget.sub(pattern, value)
         return value
     if isinstance(value, dict):
-        return {key: _apply_patterns(item, patterns, budget) for key, item in value.items()}
+        # Keys carry content too (a tool call's arguments are named by the model): they are masked like values,
+        # a suffix keeping apart two that mask alike.
+        masked: dict[Any, Any] = {}
+        for key, item in value.items():
+            name = _apply_patterns(key, patterns, budget) if isinstance(key, str) else key
+            while name in masked:
+                name = f"{name}#"
+            masked[name] = _apply_patterns(item, patterns, budget)
+        return masked
     if isinstance(value, list):
         return [_apply_patterns(item, patterns, budget) for item in value]
     return value

@@ -28,6 +28,7 @@ from providers.validation import (
     PRICE_FIELDS,
     clean_base_url,
     clean_model_fields,
+    keep_stored_headers,
     shown_headers,
     validate_api_key,
     validate_context_limit,
@@ -163,7 +164,8 @@ class ProviderForm(forms.ModelForm):
             )
         key = _report(self, lambda: validate_api_key(data.get("new_api_key") or ""))
         url = _report(self, lambda: clean_base_url(kind, data.get("base_url") or ""))
-        _report(self, lambda: validate_extra_headers(data.get("extra_headers")))
+        stored = self.instance.extra_headers if self.instance.pk else {}
+        _report(self, lambda: validate_extra_headers(keep_stored_headers(data.get("extra_headers"), stored=stored)))
         if self.errors:
             return data
         has_key = bool(key) or (self.instance.has_api_key and not data.get("clear_api_key"))

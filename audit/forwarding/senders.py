@@ -147,7 +147,7 @@ def _post(url: str, body: bytes, headers: dict[str, str], tls: TlsSettings) -> t
             )
         else:
             connection = http.client.HTTPConnection(host, parts.port, timeout=timeout)
-    except ssl.SSLError as exc:  # the CA bundle or client certificate OpenSSL will not load
+    except OSError as exc:  # ssl.SSLError too: the CA bundle or client certificate OpenSSL will not load
         raise DeliveryError(_describe_os_error(exc, where)) from None
     target = parts.path or "/"
     if parts.query:

@@ -204,8 +204,8 @@ def validate_client_identity(certificate: str, key: str) -> tuple[str, str]:
         )
     try:  # what OpenSSL will load when it sends: it refuses more than parsing does (keys that are too small)
         tls_context(TlsSettings(client_certificate=certificate, client_key=key))
-    except ssl.SSLError as exc:
-        reason = getattr(exc, "reason", None) or str(exc)
+    except (ssl.SSLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
         raise ValidationError({"client_certificate": f"TLS will not use this certificate and key: {reason}."}) from None
     return certificate + "\n", key + "\n"
 
@@ -470,7 +470,10 @@ def destination_update(
     if new_secret:
         destination.secret_encrypted = encrypt_secret(new_secret)
         destination.secret_hint = secret_hint(new_secret)
-    _check_complete(destination, has_secret=bool(destination.secret_encrypted), check_url=destination.url != stored_url)
+    # A URL saved under older rules is checked again when it changes, and before a new secret goes to it or
+    # it is resumed: anything else (pausing it, above all) stays possible.
+    check_url = destination.url != stored_url or bool(new_secret) or (destination.enabled and not before["enabled"])
+    _check_complete(destination, has_secret=bool(destination.secret_encrypted), check_url=check_url)
     after = _public_fields(destination)
     changes = {key: {"before": before[key], "after": after[key]} for key in after if before[key] != after[key]}
     if new_secret and "secret_hint" not in changes:
@@ -528,6 +531,8 @@ def destination_set_enabled(*, actor: Actor, destination: AuditDestination, enab
     destination = AuditDestination.objects.select_for_update().get(pk=destination.pk)
     if destination.enabled == bool(enabled):
         return destination
+    if enabled and destination.kind in (DestinationKind.SPLUNK_HEC, DestinationKind.WEBHOOK):
+        _validate_url(destination.url, destination.kind)  # one saved under older rules must be fixed first
     destination.enabled = bool(enabled)
     destination.next_attempt_at = None
     destination.save(update_fields=["enabled", "next_attempt_at"])

@@ -258,6 +258,8 @@ if AUDIT_CHAINER not in ("thread", "process"):
     raise ImproperlyConfigured(f"AIRLOCK_AUDIT_CHAINER={AUDIT_CHAINER!r}: use 'thread' or 'process'.")
 # verify_chain reports pending (batched, not yet chained) events older than this as a problem.
 AUDIT_PENDING_STALE_SECONDS = env_int("AIRLOCK_AUDIT_PENDING_STALE_SECONDS", 60)
+# Matching time an event's redaction patterns share; past it, the event's text is masked whole.
+AUDIT_REDACTION_TIMEOUT_SECONDS = env_float("AIRLOCK_AUDIT_REDACTION_TIMEOUT_SECONDS", 0.05)
 AUDIT_EXPORT_DIR = Path(env_str("AIRLOCK_AUDIT_EXPORT_DIR", str(DATA_DIR / "exports")))
 
 # Workspaces: where the local backend puts each session's directory, and the limits of one command.

@@ -7,12 +7,13 @@ from io import StringIO
 from typing import Any
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 
 import audit.forwarding as forwarding
 from audit import record
 from audit.forwarding.delivery import backoff_seconds
-from audit.forwarding.services import destination_create
+from audit.forwarding.services import destination_create, destination_set_enabled
 from audit.models import AuditChainHead, AuditDestination, AuditEvent
 from tests.api import api
 from tests.fakes.siem import HttpReceiver, SyslogReceiver, self_signed_certificate
@@ -410,5 +411,11 @@ def test_a_destination_saved_under_older_url_rules_can_still_be_paused(org, owne
     paused = api(owner).patch(url(org, f"{legacy.pk}/"), {"enabled": False}, format="json")
     moved = api(owner).patch(url(org, f"{legacy.pk}/"), {"url": "http://siem.internal/other"}, format="json")
 
+    rotated = api(owner).patch(url(org, f"{legacy.pk}/"), {"secret": "whsec-0123456789abcdef-new"}, format="json")
+    resumed = api(owner).patch(url(org, f"{legacy.pk}/"), {"enabled": True}, format="json")
+
     assert paused.status_code == 200 and paused.json()["enabled"] is False
-    assert moved.status_code == 400 and "https://" in str(moved.json()["url"])
+    for refused in (moved, rotated, resumed):  # nothing more goes to it in clear
+        assert refused.status_code == 400 and "https://" in str(refused.json()["url"])
+    with pytest.raises(ValidationError, match="https://"):
+        destination_set_enabled(actor=owner, destination=legacy, enabled=True)

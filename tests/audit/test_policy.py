@@ -284,4 +284,24 @@ def test_a_stored_pattern_that_no_longer_compiles_masks_text_whole_not_never(org
         action="prompt.submitted", actor=agents_user, organization=org, data={"text": "PATIENT-4711", "n": 2}
     )
 
-    assert AuditEvent.objects.get(pk=event.pk).data == {"text": "[REDACTED:pattern-unavailable]", "n": 2}
+    # Keys too (they may carry content): every string of the event is masked, numbers stay.
+    assert AuditEvent.objects.get(pk=event.pk).data == {
+        "[REDACTED:pattern-unavailable]": "[REDACTED:pattern-unavailable]",
+        "[REDACTED:pattern-unavailable]#": 2,
+    }
+
+
+def test_patterns_share_one_time_limit_per_event_and_keys_are_masked_too(org, agents_user, settings):
+    settings.AUDIT_REDACTION_TIMEOUT_SECONDS = 0.2
+    slow = ["(a|aa)+$"] * 5  # each would take about as long as the whole limit on the text below
+    AuditSettings.objects.create(organization=org, content_policy="redacted", redaction_patterns=[*slow, "SSN-\\d+"])
+    invalidate_policy()
+    data = {f"arg{number}": "a" * 40 + "!" for number in range(20)} | {"SSN-123": "x"}
+    began = time.monotonic()
+
+    event = record(action="tool.call", actor=agents_user, organization=org, data=data)
+
+    assert time.monotonic() - began < 3  # one limit for the event, not one per pattern and string
+    stored = AuditEvent.objects.get(pk=event.pk).data
+    assert "SSN-123" not in json.dumps(stored)
+    assert set(stored.values()) == {"[REDACTED:pattern-unavailable]"}

@@ -124,7 +124,9 @@ def test_a_pattern_that_would_backtrack_for_hours_masks_the_text_whole_instead(o
     event = record(action="prompt.submitted", actor=agents_user, organization=org, data={"text": hostile, "n": 1})
 
     assert time.monotonic() - began < 5
-    assert AuditEvent.objects.get(pk=event.pk).data == {"text": "[REDACTED:pattern-unavailable]", "n": 1}
+    stored = AuditEvent.objects.get(pk=event.pk).data
+    assert hostile not in str(stored)
+    assert set(stored.values()) == {"[REDACTED:pattern-unavailable]", 1}
 
 
 def test_look_arounds_and_unicode_classes_mask_as_python_patterns_do(org, owner, agents_user):

@@ -187,6 +187,21 @@ def test_a_credential_in_extra_headers_is_refused_on_the_form(browser, org):
     assert response.status_code == 200 and "carries a credential" in response.content.decode()
 
 
+def test_unchanged_with_nothing_stored_is_a_field_error_in_the_admin(browser, org):
+    response = browser.post(
+        "/admin/providers/provider/add/",
+        {
+            "organization": org.pk,
+            "name": "Gw",
+            "kind": "openai-compatible",
+            "base_url": "http://gw/v1",
+            "extra_headers": '{"X-Gateway-Token": "(unchanged)"}',
+        },
+    )
+
+    assert response.status_code == 200 and "none is stored" in response.content.decode()
+
+
 def test_owner_deletes_an_unused_provider_through_the_audited_service(browser, provider):
     response = browser.post(f"/admin/providers/provider/{provider.pk}/delete/", {"post": "yes"})
 
