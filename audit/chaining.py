@@ -109,7 +109,11 @@ def _chain(organization_id: int, *, limit: int, wait: bool) -> int | None:
         if chained < limit:
             break
     if total:
-        schedule_forwarding(organization_id)
+        # After commit: a caller may hold this inside its own transaction (a checkpoint chains what is committed
+        # first); outside one, on_commit runs it at once.
+        transaction.on_commit(
+            functools.partial(schedule_forwarding, organization_id), using=router.db_for_write(AuditEvent)
+        )
     return total
 
 

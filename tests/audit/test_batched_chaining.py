@@ -412,3 +412,15 @@ def test_a_destinations_lag_counts_events_not_yet_chained(org, owner, settings):
     [listed] = destinations_for_user(user=owner, organization=org)
 
     assert (listed.pk, listed.lag) == (destination.pk, 3)
+
+
+def test_chaining_inside_a_callers_transaction_wakes_forwarding_only_after_its_commit(org, left_pending, monkeypatch):
+    woken = []
+    monkeypatch.setattr(chaining, "schedule_forwarding", woken.append)
+
+    with transaction.atomic():
+        chaining.chain_committed(org.pk)
+        assert woken == []  # forwarding would read before the chained events are visible
+
+    assert woken == [org.pk]
+    assert [action for _sequence, action in actions(org)] == ["before.0", "before.1", "before.2"]
