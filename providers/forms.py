@@ -14,7 +14,7 @@ from django.db.models import QuerySet
 from organizations.models import Organization
 from providers.models import LanguageModel, Provider, ProviderKind
 from providers.selectors import access_user
-from providers.validation import HEADER_KEEP, REASONING_EFFORTS, shown_headers
+from providers.validation import REASONING_EFFORTS, shown_headers
 
 # Which optional settings each kind uses (name and base_url are shown for every kind; api_key too).
 KIND_FIELDS: dict[str, frozenset[str]] = {
@@ -47,8 +47,9 @@ def headers_as_text(headers: dict[str, Any] | None) -> str:
     return "\n".join(f"{name}: {value}" for name, value in shown_headers(headers).items())
 
 
-def parse_headers(text: str, *, stored: dict[str, Any] | None = None) -> dict[str, str]:
-    """Parse "Name: value" lines; a value left as HEADER_KEEP keeps the stored one. ValidationError names the line."""
+def parse_headers(text: str) -> dict[str, str]:
+    """Parse "Name: value" lines; ValidationError names the line. A value left as HEADER_KEEP stays so: the
+    service puts the stored value back (`providers.validation.keep_stored_headers`)."""
     headers: dict[str, str] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
@@ -60,10 +61,6 @@ def parse_headers(text: str, *, stored: dict[str, Any] | None = None) -> dict[st
             raise ValidationError(f"Line {number}: write one header per line as Name: value (e.g. X-Title: Airlock).")
         if not _HEADER_NAME.match(name):
             raise ValidationError(f"Line {number}: {name[:60]!r} is not a valid header name.")
-        if value == HEADER_KEEP:
-            if not stored or name not in stored:
-                raise ValidationError(f"Line {number}: give a value for the header {name}.")
-            value = str(stored[name])
         headers[name] = value
     return headers
 
@@ -166,8 +163,7 @@ class ProviderForm(forms.Form):
 
     def clean_extra_headers(self) -> dict[str, str]:
         """The headers as a dict."""
-        stored = self.provider.extra_headers if self.provider is not None else None
-        return parse_headers(self.cleaned_data.get("extra_headers") or "", stored=stored)
+        return parse_headers(self.cleaned_data.get("extra_headers") or "")
 
     def create_arguments(self) -> dict[str, Any]:
         """Keyword arguments for provider_create: name, kind, and the settings this kind uses (when given)."""

@@ -184,6 +184,13 @@ def test_a_token_looking_header_is_masked_on_edit_and_kept_when_left_unchanged(o
     assert provider.extra_headers == {"X-Team": "ai", "X-Gateway-Token": "tok-HIDDEN-123456"}
 
 
+def test_a_new_provider_cannot_keep_a_header_value_it_never_had(owner) -> None:
+    response = _add_provider(_client(owner), extra_headers="X-Gateway-Token: (unchanged)")
+
+    assert response.status_code == 400 and "none is stored" in _text(response)
+    assert not Provider.objects.filter(name="Gateway").exists()
+
+
 def test_deleting_a_provider_asks_first_then_deletes(owner, provider: Provider) -> None:
     client = _client(owner)
 
