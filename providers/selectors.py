@@ -213,10 +213,14 @@ def access_grantee(
             return {"user": access_user(organization=organization, name=user, holders=holders)}
         except ValidationError as error:
             raise ValidationError({"user": error.messages}) from None
-    groups = grantable_groups(organization=organization)
+    from django.contrib.auth.models import Group
+    from django.db.models import Q
+
+    # A group with members here, or (when revoking) one holding a grant on the model: one query either way.
+    named = Q(pk__in=grantable_groups(organization=organization).values("pk"))
     if revoking:
-        groups = groups | granted_groups(model=model)
-    found_group = groups.filter(name=group).distinct().first()
+        named |= Q(pk__in=granted_groups(model=model).values("pk"))
+    found_group = Group.objects.filter(named, name=group).first()
     if found_group is None:
         raise ValidationError({"group": f"No group with members in {organization.slug} is named {group!r}."})
     return {"group": found_group}

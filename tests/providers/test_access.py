@@ -146,6 +146,21 @@ def test_the_api_takes_an_email_as_the_page_does_and_revokes_only_what_was_grant
     assert revoked.status_code == 200 and revoked.json()["users"] == []
 
 
+def test_the_api_grants_and_revokes_a_group_even_once_it_has_no_member_here(org, owner, agents_user, catalogue):
+    url = f"{MODELS}{catalogue['restricted'].pk}/access/"
+    team = Group.objects.create(name="ml-team")
+    agents_user.groups.add(team)
+    client = APIClient()
+    client.force_authenticate(owner)
+
+    granted = client.post(url, {"group": "ml-team"}, format="json")
+    agents_user.groups.remove(team)  # the grant outlives the group's last member here
+    revoked = client.delete(url, {"group": "ml-team"}, format="json")
+
+    assert granted.status_code == 200 and granted.json()["groups"] == ["ml-team"]
+    assert revoked.status_code == 200 and revoked.json()["groups"] == []
+
+
 def test_opening_a_restricted_model_makes_it_usable_for_every_agents_user(org, owner, catalogue):
     newcomer = UserFactory(username="nina")
     make_member(org, newcomer, "agents-user")
