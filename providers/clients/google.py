@@ -293,7 +293,9 @@ async def stream(
     except ValueError:
         raise context.not_gemini() from None
 
-    calls = _Calls()
+    # The answer's function calls with their thought signatures, in order: Gemini sends each call whole (Vertex
+    # AI streams arguments in pieces only when asked to, with `stream_function_call_arguments`; Airlock never is).
+    requests: list[tuple[ToolCallRequest, bytes | None]] = []
     signed: list[dict[str, Any]] = []  # text and thought parts that carried a thought signature
     finish_reason: str | None = None
     usage: Any = None
@@ -316,8 +318,11 @@ async def stream(
                 content = candidate.content
                 parts = (content.parts if content is not None else None) or []
                 for part in parts:
-                    if part.function_call is not None:
-                        calls.add(part)
+                    if (function_call := part.function_call) is not None:
+                        signature = part.thought_signature or None
+                        requests.append(
+                            (_tool_call(function_call.id, function_call.name, function_call.args), signature)
+                        )
                     elif part.text:
                         if part.thought:
                             yield ReasoningDelta(part.text)
@@ -347,7 +352,6 @@ async def stream(
 
     if finish_reason is None:
         raise ended_early(hooks, context.host)
-    requests = calls.finish()
     for call, _ in requests:
         yield call
     signed += [
@@ -379,27 +383,6 @@ def _tool_call(call_id: str | None, name: str | None, arguments: Any) -> ToolCal
         arguments=arguments if isinstance(arguments, dict) else {},
         raw_arguments=json.dumps(arguments if arguments is not None else {}),
     )
-
-
-class _Calls:
-    """The answer's function calls with their thought signatures, in order (Gemini sends each call whole).
-
-    Vertex AI can stream a call's arguments in pieces (`partial_args`), but only when the request asks for it
-    (`stream_function_call_arguments`, which the Gemini API refuses); Airlock never does.
-    """
-
-    def __init__(self) -> None:
-        self.done: list[tuple[ToolCallRequest, bytes | None]] = []
-
-    def add(self, part: types.Part) -> None:
-        """Take one functionCall part."""
-        call = part.function_call
-        assert call is not None
-        self.done.append((_tool_call(call.id, call.name, call.args), part.thought_signature or None))
-
-    def finish(self) -> list[tuple[ToolCallRequest, bytes | None]]:
-        """Every call with its signature."""
-        return self.done
 
 
 class _ErrorContext:
