@@ -14,7 +14,7 @@ from django.test import Client
 
 from audit.models import AuditEvent
 from tests.audit.conftest import everything_stored
-from tests.audit.test_mfa_events import enrolled_and_signed_out, totp_code
+from tests.audit.mfa import enrolled_and_signed_out, totp_code
 from tests.idp.fixtures import TestIdentityProvider, portal_path
 
 ROOT = Path(__file__).resolve().parents[2]
