@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import json
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from audit import chaining, record
-from audit.chain import storable_json
+from audit.chain import normalize, storable_json
 from audit.context import bound
 from audit.models import AuditEvent, AuditPendingEvent, AuditSettings, ContentPolicy
-from audit.policy import invalidate_policy
+from audit.policy import invalidate_policy, prepare_event_data, prepare_event_json
 from audit.secrets import SECRET_KEYS, SECRET_PATTERNS, may_hold_secrets
 from audit.services import SystemActor
 from audit.verify import verify_chain
@@ -172,3 +173,16 @@ def test_the_returned_pending_event_holds_what_its_row_holds(org, owner, setting
     assert not pending._state.adding
     pending.refresh_from_db()  # an ordinary instance of its row
     assert (pending.action, pending.actor_display) == ("prompt.submitted", owner.get_username())
+
+
+@pytest.mark.parametrize("sample", SAMPLES.values(), ids=SAMPLES.keys())
+@pytest.mark.parametrize("policy", POLICIES.values(), ids=POLICIES.keys())
+def test_the_one_pass_json_holds_what_the_full_path_stores(org, sample, policy):
+    """On any database: the text a batched PostgreSQL writer sends stands for the value every other writer stores."""
+    AuditSettings.objects.create(organization=org, content_policy=policy[0], redaction_patterns=policy[1])
+    invalidate_policy()
+
+    _value, text = prepare_event_json(organization_id=org.pk, action="model.call", data=sample)
+
+    full = normalize(prepare_event_data(organization_id=org.pk, action="model.call", data=sample))
+    assert json.loads(text) == full
