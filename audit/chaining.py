@@ -244,7 +244,7 @@ def _chain_batch_postgresql(connection: Any, cursor: Any, organization_id: int, 
     rows = [(*row[:-1], json.loads(row[-1])) for row in cursor.fetchall()]
     if not rows:
         return 0
-    sequence, prev_hash = _lock_head(organization_id)
+    sequence, prev_hash = _lock_heads_postgresql(cursor, [organization_id])[organization_id]
     links = _hash_rows(organization_id, rows, sequence, prev_hash)
     cursor.execute(
         move,
@@ -259,7 +259,7 @@ def _chain_batch_postgresql(connection: Any, cursor: Any, organization_id: int, 
     moved = cursor.fetchone()[0]
     if moved != len(rows):  # cannot happen while the rows are locked; never move the head past a short insert
         raise RuntimeError(f"chained {moved} of {len(rows)} pending events of organization {organization_id}")
-    AuditChainHead.objects.filter(organization_id=organization_id).update(sequence=links[-1][0], hash=links[-1][2])
+    cursor.execute(_PG_SQL["heads"], [[organization_id], [links[-1][0]], [links[-1][2]]])
     return len(rows)
 
 
