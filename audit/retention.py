@@ -2,15 +2,18 @@
 
 `audit_purge` deletes an organization's events older than its retention, but never:
 - anything while a legal hold is on (the skipped purge is recorded);
-- an event an enabled SIEM destination has not acknowledged yet (past the lowest `delivered_sequence`);
+- an event a SIEM destination, paused or not, has not acknowledged yet (past the lowest `delivered_sequence`);
 - the event of the newest signed checkpoint (older checkpointed events may go: the chain anchor then vouches
   for where the remaining chain starts, and the newest checkpoint still proves the tail);
 - the chain's last event.
 
 In one transaction it locks the chain head, moves the head's anchor (`anchor_sequence`/`anchor_hash`) to the last
 purged event, deletes the events up to it and records `audit.purged` (range, count, old and new anchor).
-Verification then starts from the anchor. On PostgreSQL the append-only trigger lets a DELETE through only when
-the transaction set `airlock.audit_purge` and only for events at or before the anchor (migration 0004).
+Verification then starts from the anchor. On PostgreSQL the anchor move and the DELETE are the database function
+`airlock_audit_purge` (migration 0008): it runs with its owner's rights and checks the rules above again, so the
+role the services connect as needs no DELETE on events (`python manage.py audit grants --role ROLE`). The
+append-only trigger lets a DELETE through only while that function has its purge flag set and only for events at
+or before the anchor (migration 0004).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from organizations.models import Organization
 from organizations.permissions import require_permission
 
 MAX_RETENTION_DAYS = 36_500
-PURGE_SETTING = "airlock.audit_purge"
+PURGE_FUNCTION = "airlock_audit_purge"  # migration 0008
 
 
 class _Keep(enum.Enum):
@@ -250,16 +253,16 @@ def audit_purge(
             kept=kept,
         )
 
-    # The anchor moves first: the trigger only lets through events at or before it.
-    head.anchor_sequence, head.anchor_hash = upper, new_anchor_hash
-    head.save(update_fields=["anchor_sequence", "anchor_hash"])
-    postgres = connection.vendor == "postgresql"
-    with connection.cursor() as cursor:
-        if postgres:
-            cursor.execute(f"SET LOCAL {PURGE_SETTING} = 'on'")
+    if connection.vendor == "postgresql":
+        # The database function checks the rules again with its owner's rights, moves the anchor and deletes: the
+        # role the services connect as needs no DELETE on events (migration 0008, `audit grants`).
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT {PURGE_FUNCTION}(%s, %s)", [organization.pk, upper])
+            deleted = cursor.fetchone()[0]
+    else:
+        head.anchor_sequence, head.anchor_hash = upper, new_anchor_hash
+        head.save(update_fields=["anchor_sequence", "anchor_hash"])
         deleted, _ = events.filter(sequence__lte=upper).delete()
-        if postgres:
-            cursor.execute(f"SET LOCAL {PURGE_SETTING} = 'off'")
     event = record(
         action="audit.purged",
         actor=actor,

@@ -1,0 +1,127 @@
+"""`audit grants --role ROLE [--print]`: the rights of the role the services connect as (PostgreSQL).
+
+Run it with the owner's credentials (the role that ran `migrate`), after every `migrate`. The runtime role may read
+and write Airlock's tables, but on the audit log it may only append: no UPDATE, DELETE or TRUNCATE of events and
+checkpoints, no UPDATE of a chain's anchor, and events leave only through `airlock_audit_purge` (migration 0008).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+from django.db import connection, transaction
+
+from audit.models import AuditChainHead, AuditCheckpoint, AuditEvent, AuditPendingEvent
+from audit.retention import PURGE_FUNCTION
+
+HELP = (
+    "Give ROLE, the role the services connect as, what Airlock needs on PostgreSQL and no way to change or delete "
+    "audit events except the retention purge; run as the tables' owner after every migrate (--print shows the SQL)."
+)
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `audit grants`."""
+    parser.add_argument("--role", required=True, help="the PostgreSQL role the web, worker and chainer connect as")
+    parser.add_argument("--print", action="store_true", dest="print_only", help="print the statements; run nothing")
+
+
+def runtime_grants(*, role: str, schema: str) -> list[str]:
+    """The statements that give `role` the runtime rights: full DML on every table but the audit log's own."""
+    quote = connection.ops.quote_name
+    who, where = quote(role), quote(schema)
+    events, checkpoints = quote(AuditEvent._meta.db_table), quote(AuditCheckpoint._meta.db_table)
+    head, pending = quote(AuditChainHead._meta.db_table), quote(AuditPendingEvent._meta.db_table)
+    return [
+        f"GRANT USAGE ON SCHEMA {where} TO {who}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {where} TO {who}",
+        f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {where} TO {who}",
+        f"REVOKE UPDATE, DELETE, TRUNCATE, TRIGGER, REFERENCES ON {events}, {checkpoints} FROM {who}",
+        # Chaining moves the head's sequence and hash (and locks the row); only the purge function moves the anchor.
+        f"REVOKE UPDATE, DELETE, TRUNCATE ON {head} FROM {who}",
+        f"GRANT UPDATE (sequence, hash) ON {head} TO {who}",
+        # The chainer deletes pending rows as it chains them; nothing rewrites one.
+        f"REVOKE UPDATE, TRUNCATE ON {pending} FROM {who}",
+        f"GRANT EXECUTE ON FUNCTION {where}.{PURGE_FUNCTION}(bigint, bigint) TO {who}",
+    ]
+
+
+def _refusal(role: str, schema: str) -> str | None:
+    """Why `role` cannot be the runtime role (missing, a superuser, or the audit tables' owner), or None."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = %s", [role])
+        row = cursor.fetchone()
+        if row is None:
+            return f"No PostgreSQL role {role!r}; create it first, e.g. CREATE ROLE {role} LOGIN PASSWORD '...'."
+        if row[0]:
+            return f"Role {role!r} is a superuser: it can switch the append-only trigger off. Use a plain role."
+        cursor.execute(
+            "SELECT tableowner FROM pg_tables WHERE schemaname = %s AND tablename = %s",
+            [schema, AuditEvent._meta.db_table],
+        )
+        owner = cursor.fetchone()
+        if owner is None:
+            return "The audit tables do not exist in this database yet; run `python manage.py migrate` first."
+        if owner[0] == role:
+            return (
+                f"Role {role!r} owns the audit tables, so it can drop their trigger. Let another role own them "
+                f"(it runs migrate and this command) and connect the services as {role!r}."
+            )
+    return None
+
+
+def _destructive_rights(cursor: Any, role: str) -> list[str]:
+    """The rights `role` effectively holds that could change or remove audit events, as 'RIGHT on table'."""
+    quote = connection.ops.quote_name
+    checks = [
+        (table, right)
+        for table in (AuditEvent._meta.db_table, AuditCheckpoint._meta.db_table)
+        for right in ("UPDATE", "DELETE", "TRUNCATE")
+    ]
+    cursor.execute(
+        "SELECT "
+        + ", ".join(["has_table_privilege(%s, %s, %s)"] * len(checks))
+        + ", has_column_privilege(%s, %s, 'anchor_sequence', 'UPDATE')"
+        + ", has_column_privilege(%s, %s, 'anchor_hash', 'UPDATE')",
+        [value for table, right in checks for value in (role, quote(table), right)]
+        + [role, quote(AuditChainHead._meta.db_table)] * 2,
+    )
+    held = cursor.fetchone()
+    labels = [f"{right} on {table}" for table, right in checks] + [
+        f"UPDATE of {AuditChainHead._meta.db_table}.anchor_sequence",
+        f"UPDATE of {AuditChainHead._meta.db_table}.anchor_hash",
+    ]
+    return [label for label, has in zip(labels, held, strict=True) if has]
+
+
+def handle(command: BaseCommand, options: dict[str, Any]) -> None:
+    """Check the role, then print or run the grants in one transaction."""
+    if connection.vendor != "postgresql":
+        raise CommandError("`audit grants` is for PostgreSQL; SQLite has no roles (the embedded default is one user).")
+    role = options["role"]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_schema()")
+        schema = cursor.fetchone()[0]
+    statements = runtime_grants(role=role, schema=schema)
+    if options.get("print_only"):
+        command.stdout.write(";\n".join(statements) + ";")
+        return
+    refusal = _refusal(role, schema)
+    if refusal:
+        raise CommandError(refusal)
+    with transaction.atomic(), connection.cursor() as cursor:
+        for statement in statements:
+            cursor.execute(statement)
+        # A REVOKE cannot take back what the role holds through PUBLIC or another role it belongs to.
+        kept = _destructive_rights(cursor, role)
+        if kept:
+            raise CommandError(
+                f"Role {role!r} still has {', '.join(kept)} (granted to PUBLIC or to a role it is a member of); "
+                "revoke that grant or membership, then run this again. Nothing was changed."
+            )
+    command.stdout.write(
+        f"{role}: may read and write Airlock's tables in schema {schema}; may only append audit events and "
+        f"checkpoints; events leave only through {PURGE_FUNCTION}(). Run this again after every migrate."
+    )

@@ -1,0 +1,197 @@
+"""The role the services connect as can append to the audit log but cannot change or delete it (PostgreSQL).
+
+`python manage.py audit grants --role ROLE` gives the role its rights; the tests then act as it (`SET ROLE`) the way
+a compromised web process would, and as the product does: record, chain, checkpoint, purge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import DatabaseError, connection, transaction
+
+from audit import chaining, record
+from audit.checkpoints import checkpoint_write
+from audit.models import AuditChainHead, AuditCheckpoint, AuditDestination, AuditEvent, AuditSettings, DestinationKind
+from audit.retention import PURGE_FUNCTION, audit_purge
+from audit.services import SystemActor
+from audit.verify import verify_chain
+from tests.audit.conftest import record_mixed_chain
+from tests.audit.test_retention import expiring_through, sequences
+
+pytestmark = pytest.mark.postgres
+
+OPERATOR = SystemActor("cli:test")
+
+
+@pytest.fixture
+def runtime_role(db) -> str:
+    """A plain role with the runtime grants (created in the test's transaction, so it goes with it)."""
+    name = f"{connection.settings_dict['NAME']}_runtime"
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE ROLE {connection.ops.quote_name(name)} NOLOGIN")
+    call_command("audit", "grants", "--role", name, stdout=StringIO())
+    return name
+
+
+@contextmanager
+def acting_as(role: str) -> Iterator[None]:
+    """Run the block with `role`'s rights on the test's connection."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SET ROLE {connection.ops.quote_name(role)}")
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("RESET ROLE")
+
+
+def refused(block) -> str:
+    """Run a write that must fail, in a savepoint so the test can go on; return the database's message."""
+    with pytest.raises(DatabaseError) as caught, transaction.atomic():
+        block()
+    return str(caught.value)
+
+
+def execute(sql: str, params: list | None = None) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
+def test_the_runtime_role_records_chains_and_signs_like_the_owner(org, agents_user, runtime_role, settings):
+    with acting_as(runtime_role):
+        record_mixed_chain(org, agents_user, count=4)
+        settings.AUDIT_CHAINING = "batched"
+        record(action="session.created", actor=agents_user, organization=org, data={"n": 5})
+        assert chaining.chain_pending(org.pk, wait=True) == 1
+        checkpoint = checkpoint_write(organization=org)
+
+    assert sequences(org) == [1, 2, 3, 4, 5, 6]  # the checkpoint is itself recorded
+    assert checkpoint.sequence == 5
+    assert verify_chain(organization=org).ok
+
+
+def test_the_runtime_role_cannot_delete_update_or_truncate_events_even_with_the_purge_flag(
+    org, agents_user, runtime_role
+):
+    record_mixed_chain(org, agents_user, count=3)
+    events = AuditEvent._meta.db_table
+
+    with acting_as(runtime_role):
+        deleted = refused(
+            lambda: (
+                execute("SET LOCAL airlock.audit_purge = 'on'"),
+                execute(f"DELETE FROM {events} WHERE sequence = 1"),  # noqa: S608
+            )
+        )
+        updated = refused(lambda: execute(f"UPDATE {events} SET action = 'nothing.happened'"))  # noqa: S608
+        truncated = refused(lambda: execute(f"TRUNCATE {events}"))
+
+    for message in (deleted, updated, truncated):
+        assert "permission denied" in message
+    assert sequences(org) == [1, 2, 3]
+
+
+def test_the_runtime_role_cannot_move_the_anchor_or_remove_checkpoints(org, agents_user, runtime_role):
+    record_mixed_chain(org, agents_user, count=3)
+    checkpoint_write(organization=org)
+
+    with acting_as(runtime_role):
+        moved = refused(lambda: AuditChainHead.objects.filter(organization=org).update(anchor_sequence=2))
+        removed = refused(lambda: AuditCheckpoint.objects.filter(organization=org).delete())
+
+    assert "permission denied" in moved and "permission denied" in removed
+    assert AuditChainHead.objects.get(organization=org).anchor_sequence == 0
+    assert AuditCheckpoint.objects.filter(organization=org).count() == 1
+
+
+def test_the_runtime_role_purges_only_through_the_audited_path(org, agents_user, runtime_role):
+    record_mixed_chain(org, agents_user, count=10)
+    AuditSettings.objects.create(organization=org, retention_days=30)
+
+    with acting_as(runtime_role):
+        result = audit_purge(organization=org, actor=OPERATOR, now=expiring_through(org, 6))
+
+    assert (result.purged, result.to_sequence) == (6, 6)
+    assert sequences(org) == [7, 8, 9, 10, 11]
+    purged = AuditEvent.objects.get(organization=org, sequence=11)
+    assert purged.action == "audit.purged"
+    assert purged.data["anchor"]["sequence"] == 6
+    assert verify_chain(organization=org).ok
+
+
+def purge_directly(org, through: int) -> str:
+    """Call the database function as a compromised process would, skipping the service; return its refusal."""
+    return refused(lambda: execute(f"SELECT {PURGE_FUNCTION}(%s, %s)", [org.pk, through]))
+
+
+@pytest.fixture
+def retained_chain(org, agents_user) -> None:
+    """Ten events in acme and a 30-day retention."""
+    record_mixed_chain(org, agents_user, count=10)
+    AuditSettings.objects.create(organization=org, retention_days=30)
+
+
+def test_the_purge_function_keeps_the_rules_when_called_directly(org, retained_chain, runtime_role):
+    with acting_as(runtime_role):
+        last = purge_directly(org, 10)
+        before_anchor = purge_directly(org, 0)
+    AuditSettings.objects.filter(organization=org).update(legal_hold=True, legal_hold_reason="litigation")
+    with acting_as(runtime_role):
+        held = purge_directly(org, 5)
+    AuditSettings.objects.filter(organization=org).update(legal_hold=False, retention_days=None)
+    with acting_as(runtime_role):
+        forever = purge_directly(org, 5)
+
+    assert "the chain's last event #10 is always kept" in last
+    assert "event #0 is not after the chain anchor #0" in before_anchor
+    assert "legal hold" in held
+    assert "keeps its events forever" in forever
+    assert sequences(org) == list(range(1, 11))
+
+
+def test_the_purge_function_keeps_undelivered_and_checkpointed_events(org, retained_chain, runtime_role):
+    AuditDestination.objects.create(
+        organization=org, name="splunk", kind=DestinationKind.SPLUNK_HEC, url="https://splunk.test/", enabled=False
+    )
+    AuditDestination.objects.filter(organization=org).update(delivered_sequence=4)
+    with acting_as(runtime_role):
+        undelivered = purge_directly(org, 5)
+    AuditDestination.objects.filter(organization=org).update(delivered_sequence=10)
+    checkpoint_write(organization=org)  # signs #10 and is recorded as #11
+    with acting_as(runtime_role):
+        checkpointed = purge_directly(org, 10)
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT {PURGE_FUNCTION}(%s, %s)", [org.pk, 2])
+            deleted = cursor.fetchone()[0]
+
+    assert "events after #4 are not yet delivered to every SIEM destination" in undelivered
+    assert "events from #10, the newest signed checkpoint's event, on are kept" in checkpointed
+    assert deleted == 2
+    assert AuditChainHead.objects.get(organization=org).anchor_sequence == 2
+    assert sequences(org)[:2] == [3, 4]
+
+
+def test_grants_refuse_a_superuser_an_unknown_role_and_print_without_running(runtime_role):
+    with pytest.raises(CommandError, match="superuser"):
+        call_command("audit", "grants", "--role", connection.settings_dict["USER"] or "postgres", stdout=StringIO())
+    with pytest.raises(CommandError, match="No PostgreSQL role 'nobody_here'; create it first"):
+        call_command("audit", "grants", "--role", "nobody_here", stdout=StringIO())
+    out = StringIO()
+    call_command("audit", "grants", "--role", "nobody_here", "--print", stdout=out)
+    assert "GRANT EXECUTE ON FUNCTION" in out.getvalue()
+    assert "REVOKE UPDATE, DELETE, TRUNCATE" in out.getvalue()
+
+
+def test_grants_refuse_a_role_that_keeps_delete_through_another_role(runtime_role):
+    helper = f"{runtime_role}_helper"
+    execute(f'CREATE ROLE "{helper}" NOLOGIN')
+    execute(f'GRANT DELETE ON {AuditEvent._meta.db_table} TO "{helper}"')
+    execute(f'GRANT "{helper}" TO "{runtime_role}"')
+
+    with pytest.raises(CommandError, match=f"still has DELETE on {AuditEvent._meta.db_table}"):
+        call_command("audit", "grants", "--role", runtime_role, stdout=StringIO())
