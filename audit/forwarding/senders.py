@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from django.conf import settings
 
 from audit.chain import format_time
+from audit.forwarding import egress
 from audit.forwarding.events import event_as_json
 from audit.models import AuditDestination, DestinationKind, Outcome
 from audit.secrets import without_secrets
@@ -149,6 +150,7 @@ def _post(url: str, body: bytes, headers: dict[str, str], tls: TlsSettings) -> t
             connection = http.client.HTTPConnection(host, parts.port, timeout=timeout)
     except OSError as exc:  # ssl.SSLError too: the CA bundle or client certificate OpenSSL will not load
         raise DeliveryError(_describe_os_error(exc, where)) from None
+    connection._create_connection = egress.create_connection  # type: ignore[attr-defined]  # the blocked networks
     target = parts.path or "/"
     if parts.query:
         target += "?" + parts.query
@@ -379,7 +381,7 @@ class SyslogSender:
         where = f"{self.host}:{self.port}"
         timeout = _timeout()
         try:
-            raw = socket.create_connection((self.host, self.port), timeout=timeout)
+            raw = egress.create_connection((self.host, self.port), timeout=timeout)
         except OSError as exc:
             raise DeliveryError(_describe_os_error(exc, where)) from None
         sock: socket.socket = raw

@@ -22,7 +22,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
 import audit
-from audit.forwarding import forget_destinations, schedule_forwarding
+from audit.forwarding import egress, forget_destinations, schedule_forwarding
 from audit.forwarding.delivery import destination_client_key, destination_sender, head_sequence
 from audit.forwarding.senders import (
     SYSLOG_MIN_MESSAGE_BYTES,
@@ -104,7 +104,23 @@ def _validate_url(url: str, kind: str) -> str:
         )
     if parts.fragment:
         raise ValidationError({"url": "Remove the #fragment from the URL."})
+    _refuse_blocked_host(parts.hostname, field="url")
     return clean
+
+
+def _refuse_blocked_host(host: str, *, field: str) -> None:
+    """ValidationError on `field` when `host` is an address (or a name for loopback) in a blocked network.
+
+    Other names are checked when a delivery resolves them (`egress.create_connection`): DNS seen from here now may
+    not be DNS seen by the worker later.
+    """
+    address = "127.0.0.1" if host.lower().rstrip(".") == "localhost" else host
+    try:
+        network = egress.blocking_network(address)
+    except ValueError:
+        return
+    if network is not None:
+        raise ValidationError({field: egress.refusal(host, network) + "."})
 
 
 def _is_loopback(hostname: str) -> bool:
@@ -126,13 +142,15 @@ def _validate_host(host: str) -> str:
         raise ValidationError({"host": "Give the syslog receiver's host name or IP address (e.g. siem.internal)."})
     try:
         ipaddress.ip_address(clean)
-        return clean
     except ValueError:
-        pass
-    if not _HOSTNAME.match(clean) or all(label.isdigit() for label in clean.rstrip(".").split(".")):
-        raise ValidationError(
-            {"host": f"{clean[:80]!r} is not a host name or IP address: give only the host (the port goes in port)."}
-        )
+        if not _HOSTNAME.match(clean) or all(label.isdigit() for label in clean.rstrip(".").split(".")):
+            raise ValidationError(
+                {
+                    "host": f"{clean[:80]!r} is not a host name or IP address: "
+                    "give only the host (the port goes in port)."
+                }
+            ) from None
+    _refuse_blocked_host(clean, field="host")
     return clean
 
 

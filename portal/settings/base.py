@@ -7,7 +7,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from portal.settings.env import env_bool, env_float, env_int, env_list, env_str
+from portal.settings.env import env_bool, env_float, env_int, env_list, env_networks, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 DATA_DIR = Path(env_str("AIRLOCK_DATA_DIR", str(BASE_DIR / "data")))
@@ -261,6 +261,8 @@ AUDIT_PENDING_STALE_SECONDS = env_int("AIRLOCK_AUDIT_PENDING_STALE_SECONDS", 60)
 # Matching time an event's redaction patterns share; past it, the event's text is masked whole.
 AUDIT_REDACTION_TIMEOUT_SECONDS = env_float("AIRLOCK_AUDIT_REDACTION_TIMEOUT_SECONDS", 0.05)
 AUDIT_EXPORT_DIR = Path(env_str("AIRLOCK_AUDIT_EXPORT_DIR", str(DATA_DIR / "exports")))
+# Networks SIEM destinations may not connect to, besides link-local and cloud metadata addresses (always refused).
+AUDIT_DESTINATION_BLOCKED_NETWORKS = env_networks("AIRLOCK_AUDIT_DESTINATION_BLOCKED_NETWORKS")
 
 # Workspaces: where the local backend puts each session's directory, and the limits of one command.
 WORKSPACES_ROOT = Path(env_str("AIRLOCK_WORKSPACES_ROOT", str(DATA_DIR / "workspaces")))

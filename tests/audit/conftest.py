@@ -10,20 +10,53 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
 
+import audit.forwarding as forwarding
 from audit import record
 from audit.context import bound
 from audit.models import AuditEvent, AuditPendingEvent, Outcome
 from audit.services import AgentActor, SystemActor
 from organizations.models import Organization
+from tests.fakes.siem import HttpReceiver, SyslogReceiver
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SESSION_ID = "5f1c7a52-7d65-4f1b-9a5e-2d0c9d1f0a11"
+
+
+@pytest.fixture
+def fast_forwarding(settings: Any) -> Iterator[None]:
+    """Tiny backoff and debounce, short timeouts, no stale per-process cache between tests."""
+    settings.AUDIT_FORWARDING_BACKOFF_BASE_SECONDS = 0.05
+    settings.AUDIT_FORWARDING_BACKOFF_MAX_SECONDS = 0.2
+    settings.AUDIT_FORWARDING_DEBOUNCE_SECONDS = 0.01
+    settings.AUDIT_FORWARDING_TIMEOUT_SECONDS = 3
+    forwarding.forget_destinations()
+    yield
+    forwarding.cancel_retries()
+    forwarding.wait_until_idle(10)
+    forwarding.forget_destinations()
+
+
+@pytest.fixture
+def webhook() -> Iterator[HttpReceiver]:
+    """A webhook receiver on loopback (taken down after the test)."""
+    receiver = HttpReceiver("webhook").start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture
+def syslog() -> Iterator[SyslogReceiver]:
+    """An RFC 5424 syslog receiver over TCP on loopback (taken down after the test)."""
+    receiver = SyslogReceiver().start()
+    yield receiver
+    receiver.stop()
 
 
 @pytest.fixture

@@ -34,37 +34,12 @@ HEC_TOKEN = "hec-token-0f9e8d7c6b5a4321"
 WEBHOOK_SECRET = "whsec-5b2f0c1e9a8d7f6e5d4c"
 
 
-@pytest.fixture(autouse=True)
-def fast_forwarding(settings: Any) -> Iterator[None]:
-    """Tiny backoff and debounce, short timeouts, no stale per-process cache between tests."""
-    settings.AUDIT_FORWARDING_BACKOFF_BASE_SECONDS = 0.05
-    settings.AUDIT_FORWARDING_BACKOFF_MAX_SECONDS = 0.2
-    settings.AUDIT_FORWARDING_DEBOUNCE_SECONDS = 0.01
-    settings.AUDIT_FORWARDING_TIMEOUT_SECONDS = 3
-    forwarding.forget_destinations()
-    yield
-    forwarding.cancel_retries()
-    forwarding.wait_until_idle(10)
-    forwarding.forget_destinations()
+pytestmark = pytest.mark.usefixtures("fast_forwarding")
 
 
 @pytest.fixture
 def hec() -> Iterator[HttpReceiver]:
     receiver = HttpReceiver("hec", token=HEC_TOKEN).start()
-    yield receiver
-    receiver.stop()
-
-
-@pytest.fixture
-def webhook() -> Iterator[HttpReceiver]:
-    receiver = HttpReceiver("webhook").start()
-    yield receiver
-    receiver.stop()
-
-
-@pytest.fixture
-def syslog() -> Iterator[SyslogReceiver]:
-    receiver = SyslogReceiver().start()
     yield receiver
     receiver.stop()
 
