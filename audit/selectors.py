@@ -18,14 +18,36 @@ from typing import Any
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.exceptions import ValidationError
 from django.db import connection
-from django.db.models import Q, QuerySet, TextField
+from django.db.models import CharField, F, Func, Q, QuerySet, TextField
 from django.db.models.functions import Cast
 
+from audit.chain import PG_TIME_FORMAT
 from audit.models import ActorType, AuditChainHead, AuditEvent, AuditSettings, Outcome
 from organizations.models import Organization
 from organizations.permissions import require_permission
 
 VIEW_ACTION = "audit.view"
+
+
+def with_time_text(
+    events: QuerySet[AuditEvent], columns: tuple[str, ...]
+) -> tuple[QuerySet[AuditEvent], tuple[str, ...]]:
+    """On PostgreSQL, `events` with `occurred_at_text` (the time as `audit.chain.format_time`'s text, written by the
+    database with PG_TIME_FORMAT) and `columns` reading it in place of `occurred_at`; elsewhere both unchanged.
+
+    Bulk readers (exports, verification) then neither parse a timestamp nor format it again, as the chainer does.
+    """
+    if connection.vendor != "postgresql":
+        return events, columns
+    text = Func(
+        F("occurred_at"),
+        template=f"to_char(%(expressions)s AT TIME ZONE 'UTC', '{PG_TIME_FORMAT}')",
+        output_field=CharField(),
+    )
+    return (
+        events.annotate(occurred_at_text=text),
+        tuple("occurred_at_text" if name == "occurred_at" else name for name in columns),
+    )
 
 
 def events_for_user(*, user: AbstractBaseUser | AnonymousUser, organization: Organization) -> QuerySet[AuditEvent]:

@@ -27,6 +27,7 @@ from django.db.models import Count, Min, QuerySet
 
 from audit.chain import GENESIS_HASH, HASHED_FIELDS, chain_hash, event_document
 from audit.models import AuditChainHead, AuditCheckpoint, AuditEvent, AuditPendingEvent
+from audit.selectors import with_time_text
 from organizations.models import Organization
 
 # Rows fetched per round trip; large enough that a million events take a few hundred fetches.
@@ -383,7 +384,8 @@ def _rows(queryset: QuerySet) -> Iterator[tuple]:
 
 
 def _range_queryset(queryset: QuerySet, low: int, high: int) -> QuerySet:
-    return queryset.filter(sequence__gte=low, sequence__lte=high).order_by("sequence").values_list(*_COLUMNS)
+    events, columns = with_time_text(queryset.filter(sequence__gte=low, sequence__lte=high), _COLUMNS)
+    return events.order_by("sequence").values_list(*columns)
 
 
 # Parallel checking ---------------------------------------------------------------------------------------------

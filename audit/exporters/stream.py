@@ -27,11 +27,12 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, connections
-from django.db.models import CharField, F, Func, Max, Min, QuerySet
+from django.db.models import Max, Min, QuerySet
 
-from audit.chain import HASHED_FIELDS, PG_TIME_FORMAT
+from audit.chain import HASHED_FIELDS
 from audit.exporters.raw import RawJSON
 from audit.models import AuditEvent
+from audit.selectors import with_time_text
 from organizations.models import Organization
 
 PAGE_SIZE = 5000
@@ -69,10 +70,8 @@ def iter_value_pages(
     if until is not None:
         events = events.filter(occurred_at__lt=until)
     columns = COLUMNS
-    if raw_data and connection.vendor == "postgresql":
-        # Formatters that take raw values also take the time as text: PostgreSQL writes it, at no cost here.
-        events = events.annotate(occurred_at_text=_UTC_TEXT)
-        columns = tuple("occurred_at_text" if name == "occurred_at" else name for name in COLUMNS)
+    if raw_data:  # formatters that take raw values also take the time as text, written by PostgreSQL
+        events, columns = with_time_text(events, columns)
     events = events.order_by("sequence").values_list(*columns)
     starts = range(bounds["low"], bounds["high"] + 1, page_size)
     if connection.vendor == "postgresql" and not connection.in_atomic_block:
@@ -88,12 +87,6 @@ def iter_value_pages(
 
 
 _STOP_POLL_SECONDS = 0.5
-# `audit.chain.format_time`'s text, written by PostgreSQL.
-_UTC_TEXT = Func(
-    F("occurred_at"),
-    template=f"to_char(%(expressions)s AT TIME ZONE 'UTC', '{PG_TIME_FORMAT}')",
-    output_field=CharField(),
-)
 
 
 def _read_ahead(events: QuerySet, starts: range, page_size: int, raw_data: bool) -> Iterator[list[tuple]]:
