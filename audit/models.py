@@ -179,6 +179,32 @@ class AuditCheckpoint(models.Model):
         return f"{self.organization_id} checkpoint #{self.sequence}"
 
 
+class AuditPurge(models.Model):
+    """One run of the retention purge, written by the database function that deleted the events (migration 0008).
+
+    On PostgreSQL only that function writes these rows and a trigger refuses to change or delete them, so every
+    purge leaves a trace the application cannot remove; `audit verify` checks that each has its `audit.purged`.
+    """
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="audit_purges")
+    from_sequence = models.BigIntegerField()
+    to_sequence = models.BigIntegerField()
+    anchor_hash = models.CharField(max_length=64, help_text="Hash of event #to_sequence, where the chain now starts.")
+    deleted = models.BigIntegerField()
+    retention_days = models.PositiveIntegerField()
+    purged_at = models.DateTimeField()
+    database_user = models.CharField(max_length=100, help_text="The database session's user that called the purge.")
+
+    class Meta:
+        ordering = ["organization_id", "to_sequence"]
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "to_sequence"], name="audit_purge_unique_org_to_sequence")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.organization_id} purge #{self.from_sequence}-#{self.to_sequence}"
+
+
 class ExportFormat(models.TextChoices):
     """Formats the audit log is exported in."""
 

@@ -10,8 +10,9 @@
 In one transaction it locks the chain head, moves the head's anchor (`anchor_sequence`/`anchor_hash`) to the last
 purged event, deletes the events up to it and records `audit.purged` (range, count, old and new anchor).
 Verification then starts from the anchor. On PostgreSQL the anchor move and the DELETE are the database function
-`airlock_audit_purge` (migration 0008): it runs with its owner's rights and checks the rules above again, so the
-role the services connect as needs no DELETE on events (`python manage.py audit grants --role ROLE`). The
+`airlock_audit_purge` (migration 0008): it runs with its owner's rights, checks the rules above again (age by the
+database's clock) and writes an append-only `AuditPurge` row, so the role the services connect as needs no DELETE
+on events (`python manage.py audit grants --role ROLE`) and every purge leaves a trace it cannot remove. The
 append-only trigger lets a DELETE through only while that function has its purge flag set and only for events at
 or before the anchor (migration 0004).
 """
@@ -24,9 +25,16 @@ from dataclasses import dataclass, field
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 
-from audit.models import AuditChainHead, AuditCheckpoint, AuditDestination, AuditEvent, AuditSettings
+from audit.models import (
+    AuditChainHead,
+    AuditCheckpoint,
+    AuditDestination,
+    AuditEvent,
+    AuditPurge,
+    AuditSettings,
+)
 from audit.services import Actor, AgentActor, SystemActor, record
 from organizations.models import Organization
 from organizations.permissions import require_permission
@@ -160,7 +168,8 @@ def audit_purge(
 ) -> PurgeResult:
     """Delete events older than the organization's retention through the one privileged path; records `audit.purged`."""
     _require_owner(actor, organization)
-    now = now or dt.datetime.now(dt.UTC)
+    postgres = connection.vendor == "postgresql"
+    now = now or (_database_now() if postgres else dt.datetime.now(dt.UTC))
     slug = organization.slug
     settings_row = AuditSettings.objects.filter(organization_id=organization.pk).first()
     if dry_run:
@@ -253,16 +262,24 @@ def audit_purge(
             kept=kept,
         )
 
-    if connection.vendor == "postgresql":
-        # The database function checks the rules again with its owner's rights, moves the anchor and deletes: the
-        # role the services connect as needs no DELETE on events (migration 0008, `audit grants`).
-        with connection.cursor() as cursor:
-            cursor.execute(f"SELECT {PURGE_FUNCTION}(%s, %s)", [organization.pk, upper])
-            deleted = cursor.fetchone()[0]
+    if postgres:
+        # The database function checks the rules again with its owner's rights and its own clock, moves the anchor,
+        # deletes and leaves an AuditPurge row: the role the services connect as needs no DELETE on events.
+        deleted = _purge_in_database(organization_id=organization.pk, through=upper)
     else:
         head.anchor_sequence, head.anchor_hash = upper, new_anchor_hash
         head.save(update_fields=["anchor_sequence", "anchor_hash"])
         deleted, _ = events.filter(sequence__lte=upper).delete()
+        AuditPurge.objects.create(
+            organization_id=organization.pk,
+            from_sequence=low,
+            to_sequence=upper,
+            anchor_hash=new_anchor_hash,
+            deleted=deleted,
+            retention_days=settings_row.retention_days,
+            purged_at=now,
+            database_user=str(connection.settings_dict.get("USER") or connection.vendor),
+        )
     event = record(
         action="audit.purged",
         actor=actor,
@@ -287,6 +304,27 @@ def audit_purge(
         kept=kept,
         event_sequence=event.sequence,
     )
+
+
+def _database_now() -> dt.datetime:
+    """The database's clock (the transaction's start), which the purge function judges age by."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT now()")
+        return cursor.fetchone()[0]
+
+
+def _purge_in_database(*, organization_id: int, through: int) -> int:
+    """Call the purge function; its refusal (a race with a legal hold, a `now` ahead of the database's clock) as a
+    ValidationError naming the reason."""
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(f"SELECT {PURGE_FUNCTION}(%s, %s)", [organization_id, through])
+            return cursor.fetchone()[0]
+    except DatabaseError as exc:
+        message = str(exc).splitlines()[0] if exc.args else ""
+        if message.startswith("audit purge refused"):
+            raise ValidationError(message[0].upper() + message[1:] + ".") from None
+        raise
 
 
 def organizations_with_retention() -> list[Organization]:

@@ -26,7 +26,7 @@ from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.db.models import Count, Min, QuerySet
 
 from audit.chain import GENESIS_HASH, HASHED_FIELDS, chain_hash, event_document
-from audit.models import AuditChainHead, AuditCheckpoint, AuditEvent, AuditPendingEvent
+from audit.models import AuditChainHead, AuditCheckpoint, AuditEvent, AuditPendingEvent, AuditPurge
 from audit.selectors import with_time_text
 from organizations.models import Organization
 
@@ -251,6 +251,9 @@ def _verify(
             f"the log continues past the chain head (#{head.sequence}) with event #{first_beyond}: "
             "events were written without moving the head",
         )
+    problem = _purge_problem(organization, head, events)
+    if problem is not None:
+        return failed(checked, *problem)
     checkpoint = _latest_checkpoint(organization)
     if checkpoint is None:
         return VerificationResult(True, checked, None, "", head.sequence, head.hash)
@@ -268,6 +271,35 @@ def _verify(
         checkpoint.signed_at,
         checkpoint.key_id,
     )
+
+
+# Purge records -----------------------------------------------------------------------------------------------
+
+
+def _purge_problem(organization: Organization, head: AuditChainHead, events: QuerySet) -> tuple[int, str] | None:
+    """The newest purge record (written by the database's purge function) must match the chain's anchor and have its
+    `audit.purged` event: a purge made by calling the function outside Airlock's retention service has none.
+
+    Only the newest is checked: a later purge may legitimately remove an earlier purge's event.
+    """
+    purge = AuditPurge.objects.filter(organization_id=organization.pk).order_by("-to_sequence").first()
+    if purge is None:
+        return None
+    named = f"the purge of #{purge.from_sequence} to #{purge.to_sequence} at {purge.purged_at:%Y-%m-%d %H:%M:%S} UTC"
+    if (head.anchor_sequence, head.anchor_hash) != (purge.to_sequence, purge.anchor_hash):
+        return head.anchor_sequence, f"the chain anchor is not where {named} left it: the anchor was moved"
+    recorded = events.filter(
+        action="audit.purged",
+        sequence__gt=purge.to_sequence,
+        data__to_sequence=purge.to_sequence,
+        data__anchor__hash=purge.anchor_hash,
+    ).exists()
+    if not recorded:
+        return purge.to_sequence, (
+            f"{named} (database user {purge.database_user}) has no audit.purged event: "
+            "the purge function was called outside Airlock's retention service"
+        )
+    return None
 
 
 # Signed checkpoints ------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection, transaction
 
-from audit.models import AuditChainHead, AuditCheckpoint, AuditEvent, AuditPendingEvent
+from audit.models import AuditChainHead, AuditCheckpoint, AuditEvent, AuditPendingEvent, AuditPurge
 from audit.retention import PURGE_FUNCTION
 
 HELP = (
@@ -34,6 +34,7 @@ def runtime_grants(*, role: str, schema: str) -> list[str]:
     who, where = quote(role), quote(schema)
     events, checkpoints = quote(AuditEvent._meta.db_table), quote(AuditCheckpoint._meta.db_table)
     head, pending = quote(AuditChainHead._meta.db_table), quote(AuditPendingEvent._meta.db_table)
+    purges = quote(AuditPurge._meta.db_table)
     return [
         f"GRANT USAGE ON SCHEMA {where} TO {who}",
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {where} TO {who}",
@@ -44,6 +45,8 @@ def runtime_grants(*, role: str, schema: str) -> list[str]:
         f"GRANT UPDATE (sequence, hash) ON {head} TO {who}",
         # The chainer deletes pending rows as it chains them; nothing rewrites one.
         f"REVOKE UPDATE, TRUNCATE ON {pending} FROM {who}",
+        # Only the purge function writes a purge record.
+        f"REVOKE INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER, REFERENCES ON {purges} FROM {who}",
         f"GRANT EXECUTE ON FUNCTION {where}.{PURGE_FUNCTION}(bigint, bigint) TO {who}",
     ]
 
@@ -72,28 +75,42 @@ def _refusal(role: str, schema: str) -> str | None:
     return None
 
 
+_APPEND_ONLY = (AuditEvent, AuditCheckpoint, AuditPurge)
+_OWNS = (
+    "EXISTS (SELECT 1 FROM pg_tables t WHERE t.tableowner = r.rolname AND t.schemaname = current_schema() "
+    "AND t.tablename = ANY(%s))"
+)
+
+
 def _destructive_rights(cursor: Any, role: str) -> list[str]:
-    """The rights `role` effectively holds that could change or remove audit events, as 'RIGHT on table'."""
+    """What `role` could use to change or remove audit records, directly or through any role it is a member of.
+
+    Membership counts whether inherited or not (a member may `SET ROLE`): for each such role, superuser, owning an
+    audit table, UPDATE/DELETE/TRUNCATE on events, checkpoints or purge records, INSERT of purge records, and
+    UPDATE of a chain's anchor. Returned as phrases naming the right and the role it comes through.
+    """
     quote = connection.ops.quote_name
-    checks = [
-        (table, right)
-        for table in (AuditEvent._meta.db_table, AuditCheckpoint._meta.db_table)
-        for right in ("UPDATE", "DELETE", "TRUNCATE")
-    ]
-    cursor.execute(
-        "SELECT "
-        + ", ".join(["has_table_privilege(%s, %s, %s)"] * len(checks))
-        + ", has_column_privilege(%s, %s, 'anchor_sequence', 'UPDATE')"
-        + ", has_column_privilege(%s, %s, 'anchor_hash', 'UPDATE')",
-        [value for table, right in checks for value in (role, quote(table), right)]
-        + [role, quote(AuditChainHead._meta.db_table)] * 2,
+    tables = [model._meta.db_table for model in _APPEND_ONLY]
+    checks = [(table, right) for table in tables for right in ("UPDATE", "DELETE", "TRUNCATE")]
+    checks.append((AuditPurge._meta.db_table, "INSERT"))
+    head = AuditChainHead._meta.db_table
+    privileges = ", ".join(["has_table_privilege(r.oid, %s, %s)"] * len(checks))  # placeholders only
+    sql = (
+        f"SELECT r.rolname, r.rolsuper, {_OWNS}, {privileges}, "  # noqa: S608
+        "has_column_privilege(r.oid, %s, 'anchor_sequence', 'UPDATE'), "
+        "has_column_privilege(r.oid, %s, 'anchor_hash', 'UPDATE') "
+        "FROM pg_roles r WHERE pg_has_role(%s, r.oid, 'MEMBER') ORDER BY r.rolname"
     )
-    held = cursor.fetchone()
-    labels = [f"{right} on {table}" for table, right in checks] + [
-        f"UPDATE of {AuditChainHead._meta.db_table}.anchor_sequence",
-        f"UPDATE of {AuditChainHead._meta.db_table}.anchor_hash",
-    ]
-    return [label for label, has in zip(labels, held, strict=True) if has]
+    rights = [value for table, right in checks for value in (quote(table), right)]
+    cursor.execute(sql, [[*tables, head], *rights, quote(head), quote(head), role])
+    labels = ["superuser", "ownership of an audit table"]
+    labels += [f"{right} on {table}" for table, right in checks]
+    labels += [f"UPDATE of {head}.anchor_sequence", f"UPDATE of {head}.anchor_hash"]
+    found = []
+    for name, *held in cursor.fetchall():
+        through = "" if name == role else f" (through role {name!r})"
+        found += [label + through for label, has in zip(labels, held, strict=True) if has]
+    return found
 
 
 def handle(command: BaseCommand, options: dict[str, Any]) -> None:
@@ -118,7 +135,7 @@ def handle(command: BaseCommand, options: dict[str, Any]) -> None:
         kept = _destructive_rights(cursor, role)
         if kept:
             raise CommandError(
-                f"Role {role!r} still has {', '.join(kept)} (granted to PUBLIC or to a role it is a member of); "
+                f"Role {role!r} still has {'; '.join(kept)} (granted to PUBLIC or to a role it is a member of); "
                 "revoke that grant or membership, then run this again. Nothing was changed."
             )
     command.stdout.write(

@@ -11,7 +11,6 @@ from typing import Any
 
 from django.conf import settings
 
-from audit.chain import format_time
 from audit.exporters.raw import RawJSON
 from audit.exporters.stream import COLUMNS
 from audit.exporters.timefmt import utc_text
@@ -39,7 +38,7 @@ def document(row: dict[str, Any], version: str | None = None) -> dict[str, Any]:
         "id": str(row["id"]),
         "organization": {"id": row["organization_id"], "slug": row["organization_slug"]},
         "sequence": row["sequence"],
-        "occurred_at": format_time(row["occurred_at"]),
+        "occurred_at": utc_text(row["occurred_at"]),
         "action": row["action"],
         "outcome": row["outcome"],
         "error": row["error"],

@@ -26,7 +26,11 @@ ALWAYS_BLOCKED = (
     "::/128",
     "fd00:ec2::254/128",  # AWS metadata over IPv6
     "100.100.100.200/32",  # Alibaba Cloud metadata
+    "168.63.129.16/32",  # Azure WireServer (host agent, not link-local)
 )
+# IPv6 forms that carry an IPv4 address a NAT64 gateway or a tunnel would reach (RFC 6052 and 8215).
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 SETTING = "AIRLOCK_AUDIT_DESTINATION_BLOCKED_NETWORKS"
 
 
@@ -42,12 +46,31 @@ def blocked_networks() -> tuple[IPNetwork, ...]:
     return _ALWAYS + tuple(getattr(settings, "AUDIT_DESTINATION_BLOCKED_NETWORKS", ()))
 
 
+def _reached(ip: IPAddress) -> list[IPAddress]:
+    """`ip` and every IPv4 address it stands for: IPv4-mapped, IPv4-compatible, 6to4, Teredo and NAT64 forms."""
+    if isinstance(ip, ipaddress.IPv4Address):
+        return [ip]
+    reached: list[IPAddress] = [ip]
+    if ip.ipv4_mapped is not None:
+        reached.append(ip.ipv4_mapped)
+    if ip.sixtofour is not None:
+        reached.append(ip.sixtofour)
+    if ip.teredo is not None:
+        reached.extend(ip.teredo)
+    if any(ip in network for network in _NAT64) or (ip in _IPV4_COMPATIBLE and int(ip) > 1):
+        reached.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return reached
+
+
 def blocking_network(address: str) -> IPNetwork | None:
-    """The blocked network `address` lies in (an IPv4-mapped IPv6 address counts as its IPv4 one), or None."""
+    """The blocked network `address`, or an IPv4 address it carries (see `_reached`), lies in; or None."""
     ip: IPAddress = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone index
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return next((network for network in blocked_networks() if ip.version == network.version and ip in network), None)
+    networks = blocked_networks()
+    for candidate in _reached(ip):
+        for network in networks:
+            if candidate.version == network.version and candidate in network:
+                return network
+    return None
 
 
 def refusal(address: str, network: IPNetwork) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 import ssl
 from dataclasses import dataclass
 from functools import partial
@@ -118,7 +119,11 @@ def _refuse_blocked_host(host: str, *, field: str) -> None:
     try:
         network = egress.blocking_network(address)
     except ValueError:
-        return
+        try:  # the shorthand forms resolvers accept: 2852039166, 0xa9fea9fe, 169.254.43518, 0251.0376.0251.0376
+            address = socket.inet_ntoa(socket.inet_aton(host))
+        except OSError:
+            return
+        network = egress.blocking_network(address)
     if network is not None:
         raise ValidationError({field: egress.refusal(host, network) + "."})
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -19,8 +20,9 @@ from django.db import connection
 
 import audit.forwarding as forwarding
 from audit import record
+from audit.chain import GENESIS_HASH, chain_hash, event_document
 from audit.context import bound
-from audit.models import AuditEvent, AuditPendingEvent, Outcome
+from audit.models import AuditChainHead, AuditEvent, AuditPendingEvent, Outcome
 from audit.services import AgentActor, SystemActor
 from organizations.models import Organization
 from tests.fakes.siem import HttpReceiver, SyslogReceiver
@@ -86,6 +88,29 @@ def tampering() -> Iterator[None]:
     finally:
         with connection.cursor() as cursor:
             cursor.execute("SET session_replication_role = DEFAULT")
+
+
+def age_events(organization: Organization, through: int, days: int) -> None:
+    """Make events up to #through look `days` old, re-hashing the chain from its anchor so that it still verifies.
+
+    Test set-up only (it rewrites rows like a superuser would): a purge judges age by the database's clock, so
+    events meant to have expired must really be old. Do it before signing a checkpoint, which it would invalidate.
+    """
+    head = AuditChainHead.objects.get(organization=organization)
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
+    with tampering():
+        prev = head.anchor_hash if head.anchor_sequence else GENESIS_HASH
+        events = AuditEvent.objects.filter(organization=organization, sequence__gt=head.anchor_sequence)
+        for event in events.order_by("sequence"):
+            if event.sequence <= through:
+                event.occurred_at = old + dt.timedelta(microseconds=event.sequence)
+            event.prev_hash = prev
+            event.hash = chain_hash(prev, event_document(event))
+            AuditEvent.objects.filter(pk=event.pk).update(
+                occurred_at=event.occurred_at, prev_hash=event.prev_hash, hash=event.hash
+            )
+            prev = event.hash
+        AuditChainHead.objects.filter(organization=organization).update(hash=prev)
 
 
 def record_mixed_chain(organization: Organization, user: object, count: int = 12) -> list[AuditEvent]:

@@ -28,6 +28,16 @@ pytestmark = pytest.mark.usefixtures("fast_forwarding")
         "https://[::ffff:169.254.169.254]/",
         "https://0.0.0.0:8088/",
         "https://100.100.100.200/",
+        "https://168.63.129.16/",
+        # IPv6 forms carrying 169.254.169.254: NAT64, 6to4, IPv4-compatible
+        "https://[64:ff9b::a9fe:a9fe]/",
+        "https://[2002:a9fe:a9fe::1]/",
+        "https://[::a9fe:a9fe]/",
+        # IPv4 shorthands resolvers accept
+        "https://2852039166/",
+        "https://0xa9fea9fe/",
+        "https://169.254.43518/",
+        "https://0251.0376.0251.0376/",
     ],
 )
 def test_a_metadata_or_link_local_url_is_refused_with_the_reason(org, owner, target) -> None:
@@ -109,3 +119,14 @@ def test_a_bad_network_in_the_setting_stops_start_up_naming_it(monkeypatch) -> N
 
     with pytest.raises(ImproperlyConfigured, match="'intranet' is not a network"):
         env_networks("AIRLOCK_AUDIT_DESTINATION_BLOCKED_NETWORKS")
+
+
+def test_an_operator_network_also_covers_the_ipv6_forms_that_reach_it(settings) -> None:
+    from audit.forwarding.egress import blocking_network
+
+    settings.AUDIT_DESTINATION_BLOCKED_NETWORKS = (ipaddress.ip_network("10.0.0.0/8"),)
+
+    for address in ("10.0.0.5", "::ffff:10.0.0.5", "64:ff9b::a00:5", "64:ff9b:1::a00:5", "2002:a00:5::1", "::a00:5"):
+        assert str(blocking_network(address)) == "10.0.0.0/8", address
+    assert blocking_network("2001:db8::a00:5") is None
+    assert blocking_network("11.0.0.1") is None

@@ -17,28 +17,9 @@ from audit.models import AuditChainHead, AuditDestination, AuditEvent, AuditSett
 from audit.retention import audit_purge, audit_retention_update
 from audit.services import SystemActor
 from audit.verify import verify_chain
-from tests.audit.conftest import record_mixed_chain, tampering
+from tests.audit.conftest import age_events, record_mixed_chain
 
 OPERATOR = SystemActor("cli:test")
-
-
-def age_events(org, through: int, days: int) -> None:
-    """Make events #1..through look `days` old, re-hashing the chain so that it still verifies (test set-up)."""
-    from audit.chain import chain_hash, event_document
-
-    old = dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
-    with tampering():
-        prev = AuditChainHead._meta.get_field("hash").default
-        for event in AuditEvent.objects.filter(organization=org).order_by("sequence"):
-            if event.sequence <= through:
-                event.occurred_at = old + dt.timedelta(microseconds=event.sequence)
-            event.prev_hash = prev
-            event.hash = chain_hash(prev, event_document(event))
-            AuditEvent.objects.filter(pk=event.pk).update(
-                occurred_at=event.occurred_at, prev_hash=event.prev_hash, hash=event.hash
-            )
-            prev = event.hash
-        AuditChainHead.objects.filter(organization=org).update(hash=prev)
 
 
 @pytest.fixture
@@ -49,9 +30,10 @@ def aged_chain(org, agents_user) -> None:
 
 
 def expiring_through(org, sequence: int) -> dt.datetime:
-    """A `now` at which acme's events up to `sequence` are past the 30-day retention and the next one is not."""
-    following = AuditEvent.objects.get(organization=org, sequence=sequence + 1)
-    return following.occurred_at + dt.timedelta(days=30)
+    """Make acme's events up to `sequence` 40 days old (past the 30-day retention; the rest stay new): the time to
+    purge at. The database's purge function judges age by its own clock, so the events must really be old."""
+    age_events(org, through=sequence, days=40)
+    return dt.datetime.now(dt.UTC)
 
 
 def sequences(org) -> list[int]:
@@ -60,9 +42,10 @@ def sequences(org) -> list[int]:
 
 
 def test_purge_removes_only_expired_events_and_moves_the_anchor(org, aged_chain):
+    now = expiring_through(org, 6)
     sixth = AuditEvent.objects.get(organization=org, sequence=6)
 
-    result = audit_purge(organization=org, actor=OPERATOR, now=expiring_through(org, 6))
+    result = audit_purge(organization=org, actor=OPERATOR, now=now)
 
     assert (result.purged, result.from_sequence, result.to_sequence) == (6, 1, 6)
     assert sequences(org) == [7, 8, 9, 10, 11]
@@ -145,11 +128,12 @@ def test_a_paused_destination_keeps_what_it_will_catch_up_on_when_resumed(org, a
 
 def test_purge_keeps_the_newest_checkpoint_event_and_verify_still_checks_it(org, agents_user):
     record_mixed_chain(org, agents_user, count=4)
+    now = expiring_through(org, 4)  # before signing: ageing re-hashes the chain
     checkpoint_write(organization=org)  # signs #4, announced as #5
     record_mixed_chain(org, agents_user, count=3)  # #6-#8
     AuditSettings.objects.create(organization=org, retention_days=30)
 
-    result = audit_purge(organization=org, actor=OPERATOR, now=expiring_through(org, 7))
+    result = audit_purge(organization=org, actor=OPERATOR, now=now)
 
     assert result.to_sequence == 3
     assert "newest signed checkpoint #4" in result.kept[0]
@@ -162,7 +146,7 @@ def test_purge_never_removes_the_last_event(org, agents_user):
     record_mixed_chain(org, agents_user, count=3)
     AuditSettings.objects.create(organization=org, retention_days=30)
 
-    result = audit_purge(organization=org, actor=OPERATOR, now=dt.datetime.now(dt.UTC) + dt.timedelta(days=31))
+    result = audit_purge(organization=org, actor=OPERATOR, now=expiring_through(org, 3))
 
     assert (result.purged, result.to_sequence) == (2, 2)
     assert sequences(org) == [3, 4]

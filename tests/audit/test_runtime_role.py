@@ -6,21 +6,31 @@ a compromised web process would, and as the product does: record, chain, checkpo
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 from contextlib import contextmanager
 from io import StringIO
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 from django.db import DatabaseError, connection, transaction
 
 from audit import chaining, record
 from audit.checkpoints import checkpoint_write
-from audit.models import AuditChainHead, AuditCheckpoint, AuditDestination, AuditEvent, AuditSettings, DestinationKind
+from audit.models import (
+    AuditChainHead,
+    AuditCheckpoint,
+    AuditDestination,
+    AuditEvent,
+    AuditPurge,
+    AuditSettings,
+    DestinationKind,
+)
 from audit.retention import PURGE_FUNCTION, audit_purge
 from audit.services import SystemActor
 from audit.verify import verify_chain
-from tests.audit.conftest import record_mixed_chain
+from tests.audit.conftest import age_events, record_mixed_chain
 from tests.audit.test_retention import expiring_through, sequences
 
 pytestmark = pytest.mark.postgres
@@ -113,8 +123,10 @@ def test_the_runtime_role_purges_only_through_the_audited_path(org, agents_user,
     record_mixed_chain(org, agents_user, count=10)
     AuditSettings.objects.create(organization=org, retention_days=30)
 
+    now = expiring_through(org, 6)  # set-up as a superuser
+
     with acting_as(runtime_role):
-        result = audit_purge(organization=org, actor=OPERATOR, now=expiring_through(org, 6))
+        result = audit_purge(organization=org, actor=OPERATOR, now=now)
 
     assert (result.purged, result.to_sequence) == (6, 6)
     assert sequences(org) == [7, 8, 9, 10, 11]
@@ -122,6 +134,37 @@ def test_the_runtime_role_purges_only_through_the_audited_path(org, agents_user,
     assert purged.action == "audit.purged"
     assert purged.data["anchor"]["sequence"] == 6
     assert verify_chain(organization=org).ok
+    trace = AuditPurge.objects.get(organization=org)
+    assert (trace.from_sequence, trace.to_sequence, trace.deleted, trace.retention_days) == (1, 6, 6, 30)
+    assert trace.anchor_hash == purged.data["anchor"]["hash"]
+    with acting_as(runtime_role):
+        erased = refused(lambda: AuditPurge.objects.filter(organization=org).delete())
+        forged = refused(
+            lambda: AuditPurge.objects.create(
+                organization=org,
+                from_sequence=7,
+                to_sequence=8,
+                anchor_hash="0" * 64,
+                deleted=2,
+                retention_days=1,
+                purged_at=trace.purged_at,
+                database_user="someone",
+            )
+        )
+    assert "permission denied" in erased and "permission denied" in forged
+
+
+def test_the_runtime_role_cannot_purge_recent_events_whatever_it_writes_in_the_settings(org, agents_user, runtime_role):
+    record_mixed_chain(org, agents_user, count=10)
+    AuditSettings.objects.create(organization=org, retention_days=36_500, legal_hold=True, legal_hold_reason="case")
+
+    with acting_as(runtime_role):  # a compromised process: lifts the hold, shortens retention, calls the function
+        AuditSettings.objects.filter(organization=org).update(legal_hold=False, retention_days=1)
+        message = purge_directly(org, 9)
+
+    assert "event #1 is younger than the retention of 1 days" in message
+    assert sequences(org) == list(range(1, 11))
+    assert not AuditPurge.objects.filter(organization=org).exists()
 
 
 def purge_directly(org, through: int) -> str:
@@ -154,7 +197,17 @@ def test_the_purge_function_keeps_the_rules_when_called_directly(org, retained_c
     assert sequences(org) == list(range(1, 11))
 
 
+def test_a_refusal_of_the_purge_function_reaches_the_operator_as_a_clear_error(org, retained_chain, runtime_role):
+    with acting_as(runtime_role), pytest.raises(ValidationError) as caught:
+        # A `now` ahead of the database's clock: the service plans a purge the function refuses.
+        audit_purge(organization=org, actor=OPERATOR, now=dt.datetime.now(dt.UTC) + dt.timedelta(days=31))
+
+    assert caught.value.messages == ["Audit purge refused: event #1 is younger than the retention of 30 days."]
+    assert sequences(org) == list(range(1, 11))
+
+
 def test_the_purge_function_keeps_undelivered_and_checkpointed_events(org, retained_chain, runtime_role):
+    age_events(org, through=10, days=40)
     AuditDestination.objects.create(
         organization=org, name="splunk", kind=DestinationKind.SPLUNK_HEC, url="https://splunk.test/", enabled=False
     )
@@ -187,11 +240,41 @@ def test_grants_refuse_a_superuser_an_unknown_role_and_print_without_running(run
     assert "REVOKE UPDATE, DELETE, TRUNCATE" in out.getvalue()
 
 
-def test_grants_refuse_a_role_that_keeps_delete_through_another_role(runtime_role):
+@pytest.mark.parametrize("inherit", ["INHERIT", "NOINHERIT"])
+def test_grants_refuse_a_role_that_keeps_delete_through_another_role(runtime_role, inherit):
     helper = f"{runtime_role}_helper"
     execute(f'CREATE ROLE "{helper}" NOLOGIN')
     execute(f'GRANT DELETE ON {AuditEvent._meta.db_table} TO "{helper}"')
+    execute(f'ALTER ROLE "{runtime_role}" {inherit}')
     execute(f'GRANT "{helper}" TO "{runtime_role}"')
 
-    with pytest.raises(CommandError, match=f"still has DELETE on {AuditEvent._meta.db_table}"):
+    with pytest.raises(CommandError) as refusal:
         call_command("audit", "grants", "--role", runtime_role, stdout=StringIO())
+
+    assert f"DELETE on {AuditEvent._meta.db_table} (through role '{helper}')" in str(refusal.value)
+
+
+def test_grants_refuse_a_member_of_the_tables_owner(runtime_role):
+    owner = connection.settings_dict["USER"] or "postgres"
+    execute(f'GRANT "{owner}" TO "{runtime_role}"')
+
+    with pytest.raises(CommandError, match="superuser .through role"):
+        call_command("audit", "grants", "--role", runtime_role, stdout=StringIO())
+
+
+def test_verify_names_a_purge_made_by_calling_the_function_directly(org, retained_chain, runtime_role):
+    age_events(org, through=6, days=40)
+
+    with acting_as(runtime_role), connection.cursor() as cursor:
+        cursor.execute(f"SELECT {PURGE_FUNCTION}(%s, %s)", [org.pk, 6])  # the rules hold: it deletes
+        deleted = cursor.fetchone()[0]
+        result = verify_chain(organization=org)
+
+    assert deleted == 6
+    assert sequences(org) == [7, 8, 9, 10]
+    assert not result.ok
+    assert result.first_bad_sequence == 6
+    assert "the purge of #1 to #6 at " in result.reason
+    assert "has no audit.purged event: the purge function was called outside Airlock's retention service" in (
+        result.reason
+    )
