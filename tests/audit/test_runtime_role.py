@@ -278,3 +278,18 @@ def test_verify_names_a_purge_made_by_calling_the_function_directly(org, retaine
     assert "has no audit.purged event: the purge function was called outside Airlock's retention service" in (
         result.reason
     )
+
+
+def test_operators_the_runtime_role_creates_cannot_run_inside_the_purge(org, retained_chain, runtime_role):
+    execute(f'GRANT CREATE ON SCHEMA public TO "{runtime_role}"')  # the default on PostgreSQL 14 and older
+    with acting_as(runtime_role):
+        for right in ("text", "bigint"):
+            execute(
+                f"CREATE FUNCTION public.hijack(text, {right}) RETURNS text LANGUAGE sql "
+                "AS $$ SELECT concat('hijacked as ', current_user) $$"
+            )
+            execute(f"CREATE OPERATOR public.|| (LEFTARG = text, RIGHTARG = {right}, FUNCTION = public.hijack)")
+        message = purge_directly(org, 0)
+
+    assert message.startswith("audit purge refused: event #0 is not after the chain anchor #0")
+    assert "hijacked" not in message
