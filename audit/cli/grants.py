@@ -39,6 +39,8 @@ def runtime_grants(*, role: str, schema: str) -> list[str]:
         f"GRANT USAGE ON SCHEMA {where} TO {who}",
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {where} TO {who}",
         f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {where} TO {who}",
+        # A trigger the role could create would run as whoever writes the table: the purge function's owner too.
+        f"REVOKE TRUNCATE, TRIGGER, REFERENCES ON ALL TABLES IN SCHEMA {where} FROM {who}",
         f"REVOKE UPDATE, DELETE, TRUNCATE, TRIGGER, REFERENCES ON {events}, {checkpoints} FROM {who}",
         # Chaining moves the head's sequence and hash (and locks the row); only the purge function moves the anchor.
         f"REVOKE UPDATE, DELETE, TRUNCATE ON {head} FROM {who}",
@@ -60,6 +62,9 @@ def _refusal(role: str, schema: str) -> str | None:
             return f"No PostgreSQL role {role!r}; create it first, e.g. CREATE ROLE {role} LOGIN PASSWORD '...'."
         if row[0]:
             return f"Role {role!r} is a superuser: it can switch the append-only trigger off. Use a plain role."
+        cursor.execute("SELECT rolcreaterole FROM pg_roles WHERE rolname = %s", [role])
+        if cursor.fetchone()[0]:
+            return f"Role {role!r} has CREATEROLE: it could grant itself the tables' owner. Use a plain role."
         cursor.execute(
             "SELECT tableowner FROM pg_tables WHERE schemaname = %s AND tablename = %s",
             [schema, AuditEvent._meta.db_table],
@@ -80,14 +85,19 @@ _OWNS = (
     "EXISTS (SELECT 1 FROM pg_tables t WHERE t.tableowner = r.rolname AND t.schemaname = current_schema() "
     "AND t.tablename = ANY(%s))"
 )
+_TRIGGERS = (
+    "EXISTS (SELECT 1 FROM pg_tables t WHERE t.schemaname = current_schema() "
+    "AND has_table_privilege(r.oid, format('%%I.%%I', t.schemaname, t.tablename), 'TRIGGER'))"
+)
 
 
 def _destructive_rights(cursor: Any, role: str) -> list[str]:
     """What `role` could use to change or remove audit records, directly or through any role it is a member of.
 
-    Membership counts whether inherited or not (a member may `SET ROLE`): for each such role, superuser, owning an
-    audit table, UPDATE/DELETE/TRUNCATE on events, checkpoints or purge records, INSERT of purge records, and
-    UPDATE of a chain's anchor. Returned as phrases naming the right and the role it comes through.
+    Membership counts whether inherited or not (a member may `SET ROLE`): for each such role, superuser, CREATEROLE
+    (it could grant itself the owner), owning an audit table, TRIGGER on any table (a trigger runs as whoever
+    writes, the purge function's owner too), UPDATE/DELETE/TRUNCATE on events, checkpoints or purge records, INSERT
+    of purge records, and UPDATE of a chain's anchor. Returned as phrases naming the right and the role.
     """
     quote = connection.ops.quote_name
     tables = [model._meta.db_table for model in _APPEND_ONLY]
@@ -96,14 +106,14 @@ def _destructive_rights(cursor: Any, role: str) -> list[str]:
     head = AuditChainHead._meta.db_table
     privileges = ", ".join(["has_table_privilege(r.oid, %s, %s)"] * len(checks))  # placeholders only
     sql = (
-        f"SELECT r.rolname, r.rolsuper, {_OWNS}, {privileges}, "  # noqa: S608
+        f"SELECT r.rolname, r.rolsuper, r.rolcreaterole, {_OWNS}, {_TRIGGERS}, {privileges}, "  # noqa: S608
         "has_column_privilege(r.oid, %s, 'anchor_sequence', 'UPDATE'), "
         "has_column_privilege(r.oid, %s, 'anchor_hash', 'UPDATE') "
         "FROM pg_roles r WHERE pg_has_role(%s, r.oid, 'MEMBER') ORDER BY r.rolname"
     )
     rights = [value for table, right in checks for value in (quote(table), right)]
     cursor.execute(sql, [[*tables, head], *rights, quote(head), quote(head), role])
-    labels = ["superuser", "ownership of an audit table"]
+    labels = ["superuser", "CREATEROLE", "ownership of an audit table", "TRIGGER on a table"]
     labels += [f"{right} on {table}" for table, right in checks]
     labels += [f"UPDATE of {head}.anchor_sequence", f"UPDATE of {head}.anchor_hash"]
     found = []

@@ -27,10 +27,17 @@ ALWAYS_BLOCKED = (
     "fd00:ec2::254/128",  # AWS metadata over IPv6
     "100.100.100.200/32",  # Alibaba Cloud metadata
     "168.63.129.16/32",  # Azure WireServer (host agent, not link-local)
+    "fd20:ce::254/128",  # Google Cloud metadata over IPv6
+    "fd00:c1::a9fe:a9fe/128",  # Oracle Cloud metadata over IPv6
 )
-# IPv6 forms that carry an IPv4 address a NAT64 gateway or a tunnel would reach (RFC 6052 and 8215).
-_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+# IPv6 forms that carry an IPv4 address a NAT64 gateway or a tunnel would reach.
+_NAT64_WELL_KNOWN = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215: the operator picks the prefix length
 _IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+_IPV4_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")  # RFC 2765
+_THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
+# RFC 6052 section 2.2: where the IPv4 address sits for each prefix length (bits 64 to 71 are skipped).
+_NAT64_LAYOUTS = {32: (32,), 40: (40, 72), 48: (48, 72), 56: (56, 72), 64: (72,), 96: (96,)}
 SETTING = "AIRLOCK_AUDIT_DESTINATION_BLOCKED_NETWORKS"
 
 
@@ -57,9 +64,25 @@ def _reached(ip: IPAddress) -> list[IPAddress]:
         reached.append(ip.sixtofour)
     if ip.teredo is not None:
         reached.extend(ip.teredo)
-    if any(ip in network for network in _NAT64) or (ip in _IPV4_COMPATIBLE and int(ip) > 1):
+    if ip in _NAT64_WELL_KNOWN or ip in _IPV4_TRANSLATED or (ip in _IPV4_COMPATIBLE and int(ip) > 1):
         reached.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    if ip in _NAT64_LOCAL:
+        # Every layout the prefix could have; 0.0.0.0/8 is what the other layouts read from a real one's zeros.
+        candidates = (_nat64_embedded(ip, length) for length in _NAT64_LAYOUTS if length >= 48)
+        reached.extend(candidate for candidate in candidates if candidate not in _THIS_NETWORK)
     return reached
+
+
+def _nat64_embedded(ip: ipaddress.IPv6Address, prefix_length: int) -> ipaddress.IPv4Address:
+    """The IPv4 address an RFC 6052 address with a prefix of `prefix_length` bits carries."""
+    bits = format(int(ip), "0128b")
+    starts = _NAT64_LAYOUTS[prefix_length]
+    if len(starts) == 1:
+        embedded = bits[starts[0] : starts[0] + 32]
+    else:  # split around the u octet (bits 64 to 71)
+        before = 64 - starts[0]
+        embedded = bits[starts[0] : 64] + bits[72 : 72 + 32 - before]
+    return ipaddress.IPv4Address(int(embedded, 2))
 
 
 def blocking_network(address: str) -> IPNetwork | None:

@@ -2,10 +2,11 @@
 
 `airlock_audit_purge(organization, through)` runs with its owner's rights (SECURITY DEFINER: the role that ran the
 migrations), with `search_path` pinned to pg_catalog and every table named with its schema, so no object the
-caller creates can stand in for one it uses. It locks the organization's chain head and refuses, naming the
+caller creates can stand in for one it uses, and with the UTC time zone, so a day is 24 hours whatever the caller's
+session says. It locks the organization's chain head and refuses, naming the
 reason, unless:
 
-- the organization has a retention and no legal hold;
+- the organization has a retention and no legal hold (the settings row is locked against a hold set meanwhile);
 - `through` lies after the chain anchor and before the chain's last event;
 - every event up to `through` is older than the retention by the database's clock;
 - `through` lies before the event of the newest signed checkpoint;
@@ -35,7 +36,7 @@ PURGE_TRIGGER = "audit_purge_append_only"
 
 PURGE_FUNCTION = """
 CREATE OR REPLACE FUNCTION {schema}.{function}(p_organization_id bigint, p_through bigint) RETURNS bigint
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' AS $body$
 DECLARE
     v_head bigint;
     v_anchor bigint;
@@ -53,7 +54,8 @@ BEGIN
         RAISE EXCEPTION USING
             MESSAGE = 'audit purge refused: organization ' || p_organization_id::text || ' has no chain';
     END IF;
-    SELECT retention_days, legal_hold INTO v_days, v_hold FROM {settings} WHERE organization_id = p_organization_id;
+    SELECT retention_days, legal_hold INTO v_days, v_hold FROM {settings}
+        WHERE organization_id = p_organization_id FOR SHARE;
     IF v_days IS NULL OR v_days < 1 THEN
         RAISE EXCEPTION USING MESSAGE = 'audit purge refused: the organization keeps its events forever (no retention)';
     END IF;
@@ -70,7 +72,7 @@ BEGIN
     END IF;
     SELECT min(sequence) INTO v_young FROM {events}
         WHERE organization_id = p_organization_id AND sequence > v_anchor AND sequence <= p_through
-        AND occurred_at >= now() - make_interval(days => v_days);
+        AND occurred_at >= now() - make_interval(hours => v_days * 24);
     IF v_young IS NOT NULL THEN
         RAISE EXCEPTION USING MESSAGE = 'audit purge refused: event #' || v_young::text
             || ' is younger than the retention of ' || v_days::text || ' days';

@@ -14,6 +14,7 @@ from audit import record
 from audit.checkpoints import checkpoint_write
 from audit.jobs.retention import purge_expired
 from audit.models import AuditChainHead, AuditDestination, AuditEvent, AuditSettings, DestinationKind
+from audit.policy import invalidate_policy
 from audit.retention import audit_purge, audit_retention_update
 from audit.services import SystemActor
 from audit.verify import verify_chain
@@ -65,6 +66,20 @@ def test_purge_is_recorded_with_its_range_count_and_new_anchor(org, aged_chain):
     assert (event.data["from_sequence"], event.data["to_sequence"], event.data["count"]) == (1, 6, 6)
     assert event.data["anchor"]["sequence"] == 6
     assert event.data["previous_anchor"] == {"sequence": 0, "hash": "0" * 64}
+
+
+def test_a_purge_verifies_when_redaction_masks_the_hashes_in_its_event(org, aged_chain):
+    AuditSettings.objects.filter(organization=org).update(
+        content_policy="redacted", redaction_patterns=[r"\b[0-9a-f]{32,}\b"]
+    )
+    invalidate_policy(org.pk)
+
+    audit_purge(organization=org, actor=OPERATOR, now=expiring_through(org, 6))
+
+    purged = AuditEvent.objects.get(organization=org, action="audit.purged")
+    assert "REDACTED" in purged.data["anchor"]["hash"]
+    verified = verify_chain(organization=org)
+    assert verified.ok, verified.reason
 
 
 def test_second_purge_continues_from_the_anchor(org, aged_chain):

@@ -293,3 +293,64 @@ def test_operators_the_runtime_role_creates_cannot_run_inside_the_purge(org, ret
 
     assert message.startswith("audit purge refused: event #0 is not after the chain anchor #0")
     assert "hijacked" not in message
+
+
+def swinging_time_zone(days: int) -> str:
+    """A POSIX time zone whose offset jumps by about two weeks, placed so that `now() - <days> days` moves the most."""
+    best: tuple[float, str] | None = None
+    with connection.cursor() as cursor:
+        for day in range(1, 366, 4):
+            for rule in (f"J{day}/0,J365/24", f"J1/0,J{day}/0"):
+                zone = f"AAA-167BBB+167,{rule}"
+                cursor.execute("SELECT set_config('TimeZone', %s, true)", [zone])
+                cursor.execute("SELECT extract(epoch FROM (now() - make_interval(days => %s)) - now())", [days])
+                shift = float(cursor.fetchone()[0]) + days * 86400
+                if best is None or shift > best[0]:
+                    best = (shift, zone)
+        cursor.execute("SELECT set_config('TimeZone', 'UTC', true)")
+    assert best is not None and best[0] > 7 * 86400, "no zone moved calendar-day arithmetic by a week"
+    return best[1]
+
+
+def test_the_callers_time_zone_does_not_move_the_age_rule(org, retained_chain, runtime_role):
+    age_events(org, through=9, days=20)  # twenty days old under a thirty-day retention: kept
+    zone = swinging_time_zone(30)
+
+    with acting_as(runtime_role):
+        execute("SELECT set_config('TimeZone', %s, true)", [zone])
+        message = purge_directly(org, 9)
+
+    assert "event #1 is younger than the retention of 30 days" in message
+    assert sequences(org) == list(range(1, 11))
+
+
+def test_a_role_that_held_every_right_before_the_grants_cannot_plant_a_trigger(org, retained_chain, db):
+    role = f"{connection.settings_dict['NAME']}_loose"
+    execute(f'CREATE ROLE "{role}" NOLOGIN')
+    execute(f'GRANT ALL ON ALL TABLES IN SCHEMA public TO "{role}"')  # what a DBA often starts with
+    call_command("audit", "grants", "--role", role, stdout=StringIO())
+
+    with acting_as(role):
+        execute("CREATE FUNCTION pg_temp.planted() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$")
+        planted = refused(
+            lambda: execute(
+                f"CREATE TRIGGER planted BEFORE UPDATE ON {AuditChainHead._meta.db_table} "
+                "FOR EACH ROW EXECUTE FUNCTION pg_temp.planted()"
+            )
+        )
+
+    assert "permission denied" in planted
+
+
+def test_grants_refuse_createrole_and_trigger_rights_held_through_another_role(runtime_role):
+    execute(f'ALTER ROLE "{runtime_role}" CREATEROLE')
+    with pytest.raises(CommandError, match="CREATEROLE: it could grant itself the tables' owner"):
+        call_command("audit", "grants", "--role", runtime_role, stdout=StringIO())
+    execute(f'ALTER ROLE "{runtime_role}" NOCREATEROLE')
+    helper = f"{runtime_role}_triggers"
+    execute(f'CREATE ROLE "{helper}" NOLOGIN')
+    execute(f'GRANT TRIGGER ON {AuditChainHead._meta.db_table} TO "{helper}"')
+    execute(f'GRANT "{helper}" TO "{runtime_role}"')
+
+    with pytest.raises(CommandError, match=f"TRIGGER on a table .through role '{helper}'."):
+        call_command("audit", "grants", "--role", runtime_role, stdout=StringIO())
