@@ -317,7 +317,7 @@ def _purge_in_database(*, organization_id: int, through: int) -> int:
     """Call the purge function; its refusal (a race with a legal hold, a `now` ahead of the database's clock) as a
     ValidationError naming the reason."""
     try:
-        with transaction.atomic(), connection.cursor() as cursor:
+        with connection.cursor() as cursor:
             cursor.execute(f"SELECT {PURGE_FUNCTION}(%s, %s)", [organization_id, through])
             return cursor.fetchone()[0]
     except DatabaseError as exc:

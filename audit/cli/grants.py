@@ -53,30 +53,17 @@ def runtime_grants(*, role: str, schema: str) -> list[str]:
     ]
 
 
-def _refusal(role: str, schema: str) -> str | None:
-    """Why `role` cannot be the runtime role (missing, a superuser, or the audit tables' owner), or None."""
+def _missing(role: str, schema: str) -> str | None:
+    """What must exist before the grants (the role, the migrated tables), or None; the rest is checked after them."""
     with connection.cursor() as cursor:
-        cursor.execute("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = %s", [role])
-        row = cursor.fetchone()
-        if row is None:
+        cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role])
+        if cursor.fetchone() is None:
             return f"No PostgreSQL role {role!r}; create it first, e.g. CREATE ROLE {role} LOGIN PASSWORD '...'."
-        if row[0]:
-            return f"Role {role!r} is a superuser: it can switch the append-only trigger off. Use a plain role."
-        cursor.execute("SELECT rolcreaterole FROM pg_roles WHERE rolname = %s", [role])
-        if cursor.fetchone()[0]:
-            return f"Role {role!r} has CREATEROLE: it could grant itself the tables' owner. Use a plain role."
         cursor.execute(
-            "SELECT tableowner FROM pg_tables WHERE schemaname = %s AND tablename = %s",
-            [schema, AuditEvent._meta.db_table],
+            "SELECT 1 FROM pg_tables WHERE schemaname = %s AND tablename = %s", [schema, AuditEvent._meta.db_table]
         )
-        owner = cursor.fetchone()
-        if owner is None:
+        if cursor.fetchone() is None:
             return "The audit tables do not exist in this database yet; run `python manage.py migrate` first."
-        if owner[0] == role:
-            return (
-                f"Role {role!r} owns the audit tables, so it can drop their trigger. Let another role own them "
-                f"(it runs migrate and this command) and connect the services as {role!r}."
-            )
     return None
 
 
@@ -113,13 +100,21 @@ def _destructive_rights(cursor: Any, role: str) -> list[str]:
     )
     rights = [value for table, right in checks for value in (quote(table), right)]
     cursor.execute(sql, [[*tables, head], *rights, quote(head), quote(head), role])
-    labels = ["superuser", "CREATEROLE", "ownership of an audit table", "TRIGGER on a table"]
+    labels = [
+        "superuser (it can switch the append-only trigger off)",
+        "CREATEROLE (it could grant itself the tables' owner)",
+        "ownership of an audit table (it can drop the table's trigger: let another role own the tables)",
+        "TRIGGER on a table",
+    ]
     labels += [f"{right} on {table}" for table, right in checks]
     labels += [f"UPDATE of {head}.anchor_sequence", f"UPDATE of {head}.anchor_hash"]
     found = []
     for name, *held in cursor.fetchall():
-        through = "" if name == role else f" (through role {name!r})"
-        found += [label + through for label, has in zip(labels, held, strict=True) if has]
+        rights = [label for label, has in zip(labels, held, strict=True) if has]
+        if held[0]:
+            rights = rights[:1]  # a superuser holds everything else too
+        if rights:
+            found.append(", ".join(rights) + ("" if name == role else f" (through role {name!r})"))
     return found
 
 
@@ -135,18 +130,18 @@ def handle(command: BaseCommand, options: dict[str, Any]) -> None:
     if options.get("print_only"):
         command.stdout.write(";\n".join(statements) + ";")
         return
-    refusal = _refusal(role, schema)
-    if refusal:
-        raise CommandError(refusal)
+    missing = _missing(role, schema)
+    if missing:
+        raise CommandError(missing)
     with transaction.atomic(), connection.cursor() as cursor:
         for statement in statements:
             cursor.execute(statement)
-        # A REVOKE cannot take back what the role holds through PUBLIC or another role it belongs to.
+        # A REVOKE cannot take back what the role is (superuser, owner) or holds through PUBLIC or another role.
         kept = _destructive_rights(cursor, role)
         if kept:
             raise CommandError(
-                f"Role {role!r} still has {'; '.join(kept)} (granted to PUBLIC or to a role it is a member of); "
-                "revoke that grant or membership, then run this again. Nothing was changed."
+                f"Role {role!r} still has {'; '.join(kept)}. Use a plain role, or revoke that grant or membership "
+                "(to PUBLIC or to a role it is a member of), then run this again. Nothing was changed."
             )
     command.stdout.write(
         f"{role}: may read and write Airlock's tables in schema {schema}; may only append audit events and "

@@ -11,6 +11,7 @@ resolved addresses and the connection goes to the address checked, so a name tha
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 
@@ -109,16 +110,15 @@ def create_connection(
 ) -> socket.socket:
     """`socket.create_connection` refusing a host any of whose addresses is blocked; connects to the checked one.
 
-    Raises BlockedAddressError (an OSError, so a sender reports it like any other connection failure).
+    Takes http.client's arguments (`source_address` is never set here). Raises BlockedAddressError (an OSError,
+    so a sender reports it like any other connection failure).
     """
     host, port = address
     candidates = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     for *_ignored, sockaddr in candidates:
         network = blocking_network(sockaddr[0])
         if network is not None:
-            error = BlockedAddressError(refusal(sockaddr[0], network))
-            error.strerror = str(error)
-            raise error
+            raise BlockedAddressError(errno.EACCES, refusal(sockaddr[0], network))
     last_error: OSError | None = None
     for family, kind, protocol, _name, sockaddr in candidates:
         sock = socket.socket(family, kind, protocol)

@@ -230,7 +230,7 @@ def test_the_purge_function_keeps_undelivered_and_checkpointed_events(org, retai
 
 
 def test_grants_refuse_a_superuser_an_unknown_role_and_print_without_running(runtime_role):
-    with pytest.raises(CommandError, match="superuser"):
+    with pytest.raises(CommandError, match=r"superuser \(it can switch the append-only trigger off\)[;.]"):
         call_command("audit", "grants", "--role", connection.settings_dict["USER"] or "postgres", stdout=StringIO())
     with pytest.raises(CommandError, match="No PostgreSQL role 'nobody_here'; create it first"):
         call_command("audit", "grants", "--role", "nobody_here", stdout=StringIO())
@@ -258,8 +258,10 @@ def test_grants_refuse_a_member_of_the_tables_owner(runtime_role):
     owner = connection.settings_dict["USER"] or "postgres"
     execute(f'GRANT "{owner}" TO "{runtime_role}"')
 
-    with pytest.raises(CommandError, match="superuser .through role"):
+    with pytest.raises(CommandError) as refusal:
         call_command("audit", "grants", "--role", runtime_role, stdout=StringIO())
+
+    assert f"superuser (it can switch the append-only trigger off) (through role '{owner}')" in str(refusal.value)
 
 
 def test_verify_names_a_purge_made_by_calling_the_function_directly(org, retained_chain, runtime_role):
@@ -344,7 +346,7 @@ def test_a_role_that_held_every_right_before_the_grants_cannot_plant_a_trigger(o
 
 def test_grants_refuse_createrole_and_trigger_rights_held_through_another_role(runtime_role):
     execute(f'ALTER ROLE "{runtime_role}" CREATEROLE')
-    with pytest.raises(CommandError, match="CREATEROLE: it could grant itself the tables' owner"):
+    with pytest.raises(CommandError, match=r"still has CREATEROLE \(it could grant itself the tables' owner\)"):
         call_command("audit", "grants", "--role", runtime_role, stdout=StringIO())
     execute(f'ALTER ROLE "{runtime_role}" NOCREATEROLE')
     helper = f"{runtime_role}_triggers"
