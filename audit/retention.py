@@ -266,11 +266,12 @@ def audit_purge(
         # The database function checks the rules again with its owner's rights and its own clock, moves the anchor,
         # deletes and leaves an AuditPurge row: the role the services connect as needs no DELETE on events.
         deleted = _purge_in_database(organization_id=organization.pk, through=upper)
+        purge = AuditPurge.objects.get(organization_id=organization.pk, to_sequence=upper)
     else:
         head.anchor_sequence, head.anchor_hash = upper, new_anchor_hash
         head.save(update_fields=["anchor_sequence", "anchor_hash"])
         deleted, _ = events.filter(sequence__lte=upper).delete()
-        AuditPurge.objects.create(
+        purge = AuditPurge.objects.create(
             organization_id=organization.pk,
             from_sequence=low,
             to_sequence=upper,
@@ -284,6 +285,7 @@ def audit_purge(
         action="audit.purged",
         actor=actor,
         organization=organization,
+        target=purge,  # how `audit verify` finds it: target columns are never redacted, unlike the data
         data={
             "from_sequence": low,
             "to_sequence": upper,

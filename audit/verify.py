@@ -288,12 +288,12 @@ def _purge_problem(organization: Organization, head: AuditChainHead, events: Que
     named = f"the purge of #{purge.from_sequence} to #{purge.to_sequence} at {purge.purged_at:%Y-%m-%d %H:%M:%S} UTC"
     if (head.anchor_sequence, head.anchor_hash) != (purge.to_sequence, purge.anchor_hash):
         return head.anchor_sequence, f"the chain anchor is not where {named} left it: the anchor was moved"
-    # Matched on numbers: the organization's redaction patterns may mask the hashes in the event's data.
+    # Found by its target, which redaction never touches (the organization's patterns may mask the event's data).
     recorded = events.filter(
         action="audit.purged",
         sequence__gt=purge.to_sequence,
-        data__from_sequence=purge.from_sequence,
-        data__to_sequence=purge.to_sequence,
+        target_type=AuditPurge._meta.label_lower,
+        target_id=str(purge.pk),
     ).exists()
     if not recorded:
         return purge.to_sequence, (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from io import StringIO
 
 import pytest
@@ -13,7 +14,7 @@ from django.db import DatabaseError, connection, transaction
 from audit import record
 from audit.checkpoints import checkpoint_write
 from audit.jobs.retention import purge_expired
-from audit.models import AuditChainHead, AuditDestination, AuditEvent, AuditSettings, DestinationKind
+from audit.models import AuditChainHead, AuditDestination, AuditEvent, AuditPurge, AuditSettings, DestinationKind
 from audit.policy import invalidate_policy
 from audit.retention import audit_purge, audit_retention_update
 from audit.services import SystemActor
@@ -68,16 +69,26 @@ def test_purge_is_recorded_with_its_range_count_and_new_anchor(org, aged_chain):
     assert event.data["previous_anchor"] == {"sequence": 0, "hash": "0" * 64}
 
 
-def test_a_purge_verifies_when_redaction_masks_the_hashes_in_its_event(org, aged_chain):
-    AuditSettings.objects.filter(organization=org).update(
-        content_policy="redacted", redaction_patterns=[r"\b[0-9a-f]{32,}\b"]
-    )
+@pytest.mark.parametrize(
+    "patterns",
+    [
+        [r"\b[0-9a-f]{32,}\b"],  # masks the hashes
+        ["sequence"],  # masks the keys
+        ["(unclosed"],  # saved around the service: fails closed, every text masked
+    ],
+)
+def test_a_purge_verifies_whatever_redaction_does_to_its_event(org, aged_chain, patterns):
+    AuditSettings.objects.filter(organization=org).update(content_policy="redacted", redaction_patterns=patterns)
     invalidate_policy(org.pk)
 
     audit_purge(organization=org, actor=OPERATOR, now=expiring_through(org, 6))
 
     purged = AuditEvent.objects.get(organization=org, action="audit.purged")
-    assert "REDACTED" in purged.data["anchor"]["hash"]
+    assert "REDACTED" in json.dumps(purged.data)
+    assert (purged.target_type, purged.target_id) == (
+        "audit.auditpurge",
+        str(AuditPurge.objects.get(organization=org).pk),
+    )
     verified = verify_chain(organization=org)
     assert verified.ok, verified.reason
 
