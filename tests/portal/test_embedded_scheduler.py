@@ -82,6 +82,8 @@ def test_a_job_another_process_is_running_is_skipped_here(transactional_db: None
 
         assert scheduler.run_entry("audit-write-checkpoints", "audit.write_checkpoints")
         assert not AuditCheckpoint.objects.filter(organization=org).exists()
+        # Released here, not by closing: the server ends a closed session's backend (and its locks) a moment later.
+        other.execute("SELECT pg_advisory_unlock(%s)", [key])
 
     assert scheduler.run_entry("audit-write-checkpoints", "audit.write_checkpoints")
     assert AuditCheckpoint.objects.filter(organization=org).exists()
