@@ -34,7 +34,8 @@ from providers.clients import (
 )
 from providers.usage import model_call_record
 from workspaces.backends import ExecutionError
-from workspaces.models import CommandRun, Workspace
+from workspaces.models import CommandRun, Workspace, WorkspaceTemplate
+from workspaces.selectors import startable_templates
 from workspaces.services import command_execute
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,42 @@ EXECUTE_TOOL = ToolSpec(
         "required": ["command"],
     },
 )
+
+START_WORKSPACE_TOOL_NAME = "start_workspace"
+
+
+def _start_workspace_tool(templates: list[WorkspaceTemplate]) -> ToolSpec:
+    """The tool that starts a workspace from one of the organization's templates (listed in the system prompt)."""
+    return ToolSpec(
+        name=START_WORKSPACE_TOOL_NAME,
+        description=(
+            "Start the workspace your commands run in, from one of the organization's workspace templates: pick "
+            "the one whose description fits the work. Starting another template later moves your commands there."
+        ),
+        parameters={
+            "type": "object",
+            "properties": {
+                "template": {
+                    "type": "string",
+                    "enum": [template.name for template in templates],
+                    "description": "The name of the template to start.",
+                }
+            },
+            "required": ["template"],
+        },
+    )
+
+
+def system_prompt(templates: list[WorkspaceTemplate]) -> str:
+    """The system prompt of a turn: the base prompt, plus the templates the agent may start, if any."""
+    if not templates:
+        return SYSTEM_PROMPT
+    listing = "\n".join(f"- {template.name}: {template.description}" for template in templates)
+    return (
+        f"{SYSTEM_PROMPT} Before your first command, call `{START_WORKSPACE_TOOL_NAME}` with the template that fits "
+        f"the work. The organization's workspace templates:\n{listing}"
+    )
+
 
 # How much of a command's output goes back to the model (the rest is counted, hashed and audited).
 TOOL_RESULT_CHARS = 16_000
@@ -154,10 +191,15 @@ def _record_model_call(
 class AgentTurn:
     """One turn of a session: from the queued prompt until the model stops asking for tools."""
 
-    def __init__(self, session: AgentSession, stream: SessionStream) -> None:
+    def __init__(
+        self, session: AgentSession, stream: SessionStream, templates: list[WorkspaceTemplate] | None = None
+    ) -> None:
         self.session = session
         self.stream = stream
         self.actor = AgentActor(user=session.created_by, session_id=str(session.pk))
+        self.templates = templates or []
+        self.system = system_prompt(self.templates)
+        self.tools = [_start_workspace_tool(self.templates), EXECUTE_TOOL] if self.templates else [EXECUTE_TOOL]
 
     async def run(self) -> None:
         """Loop model call -> tools until the model ends its turn, the step limit, or an error."""
@@ -201,12 +243,12 @@ class AgentTurn:
 
     async def _call_model(self, step: int, messages: list[dict[str, Any]], result: StepResult) -> None:
         correlation = {"session_id": str(self.session.pk), "user_id": str(self.session.created_by_id)}
-        result.request_digest = hashlib.sha256(canonical_json([SYSTEM_PROMPT, messages]).encode()).hexdigest()
+        result.request_digest = hashlib.sha256(canonical_json([self.system, messages]).encode()).hexdigest()
         async for event in stream_turn(
             model=self.session.model,
-            system=SYSTEM_PROMPT,
+            system=self.system,
             messages=messages,
-            tools=[EXECUTE_TOOL],
+            tools=self.tools,
             correlation=correlation,
         ):
             if isinstance(event, TextDelta):
@@ -228,16 +270,28 @@ class AgentTurn:
 
     async def _run_tool(self, call: ToolCallRequest) -> str:
         await self.stream.emit("tool.call", id=call.id, name=call.name, arguments=call.arguments)
-        command = call.arguments.get("command") if isinstance(call.arguments, dict) else None
+        arguments = call.arguments if isinstance(call.arguments, dict) else {}
+        command = arguments.get("command")
+        names = [tool.name for tool in self.tools]
         error = ""
-        if call.name != EXECUTE_TOOL.name:
-            error = f"Unknown tool {call.name!r}: the only tool is `execute`."
+        if call.name not in names:
+            error = f"Unknown tool {call.name!r}: use one of {', '.join(f'`{name}`' for name in names)}."
+        elif call.name == START_WORKSPACE_TOOL_NAME:
+            if self._template(arguments.get("template")) is None:
+                error = f"Start one of the templates {', '.join(t.name for t in self.templates)}: pass its name."
         elif not isinstance(command, str) or not command.strip():
             error = "The execute tool needs a non-empty string argument `command`."
+        elif self.session.workspace is None and self.templates:
+            error = (
+                f"No workspace is running yet: call `{START_WORKSPACE_TOOL_NAME}` first with one of the templates "
+                f"{', '.join(t.name for t in self.templates)}."
+            )
         await sync_to_async(self._audit_tool_call)(call, error)
         if error:
             await self.stream.emit("error", message=error, tool_call_id=call.id)
             return error
+        if call.name == START_WORKSPACE_TOOL_NAME:
+            return await self._start_workspace(call, self._template(arguments["template"]))
         await self.stream.emit("command.started", id=call.id, command=command)
 
         lines: list[str] = []
@@ -271,6 +325,30 @@ class AgentTurn:
             truncated=run.output_truncated,
         )
         return _tool_result_text(run, lines)
+
+    def _template(self, name: object) -> WorkspaceTemplate | None:
+        return next((template for template in self.templates if template.name == name), None)
+
+    async def _start_workspace(self, call: ToolCallRequest, template: WorkspaceTemplate | None) -> str:
+        try:
+            workspace = await sync_to_async(session_workspace_create)(
+                session=self.session, actor=self.actor, template=template
+            )
+        except (ExecutionError, PermissionDenied, ValidationError) as exc:
+            message = f"The workspace could not start: {_reason(exc)}"
+            await self.stream.emit("error", message=message, tool_call_id=call.id)
+            return message
+        self.session.workspace = workspace
+        await self.stream.emit(
+            "workspace.started",
+            id=call.id,
+            workspace_id=str(workspace.pk),
+            template=template.name if template else None,
+        )
+        return (
+            f"Workspace {workspace.name!r} started from template {template.name!r} ({workspace.backend}); "
+            "your commands run there, in its working directory."
+        )
 
     def _audit_tool_call(self, call: ToolCallRequest, error: str) -> None:
         with transaction.atomic():
@@ -332,8 +410,9 @@ def _tool_result_text(run: CommandRun, lines: list[str]) -> str:
 async def run_turn(session_id: uuid.UUID) -> None:
     """Run one queued turn of a session to the end; never raises (failures land in the stream)."""
     session = await sync_to_async(_load_session)(session_id)
+    templates = await sync_to_async(startable_templates)(organization=session.organization)
     stream = SessionStream(session.pk, await sync_to_async(next_seq)(session.pk))
-    turn = AgentTurn(session, stream)
+    turn = AgentTurn(session, stream, templates)
     try:
         await turn.run()
     except Exception as exc:

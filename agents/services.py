@@ -18,7 +18,7 @@ from organizations.models import Organization
 from organizations.permissions import require_permission
 from providers.models import LanguageModel
 from providers.selectors import models_for_user
-from workspaces.models import Workspace
+from workspaces.models import Workspace, WorkspaceTemplate
 from workspaces.services import workspace_create
 
 MAX_PROMPT_CHARS = 100_000
@@ -128,10 +128,14 @@ def session_add_prompt(*, user: AbstractBaseUser, session: AgentSession, prompt:
 
 
 @transaction.atomic
-def session_workspace_create(*, session: AgentSession, actor: AgentActor) -> Workspace:
-    """Give a session its workspace (the agent's first command); audited as workspace.created in the session."""
+def session_workspace_create(
+    *, session: AgentSession, actor: AgentActor, template: WorkspaceTemplate | None = None
+) -> Workspace:
+    """Give a session its workspace, from a template the agent chose or (with none) the deployment's default;
+    audited as workspace.created in the session. A later start replaces the session's workspace."""
+    name = f"session-{session.pk}" if template is None else f"session-{session.pk}-{template.name}"
     workspace = workspace_create(
-        actor=actor, organization=session.organization, owner=session.created_by, name=f"session-{session.pk}"
+        actor=actor, organization=session.organization, owner=session.created_by, name=name, template=template
     )
     AgentSession.objects.filter(pk=session.pk).update(workspace=workspace)
     return workspace

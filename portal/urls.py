@@ -11,6 +11,7 @@ api_v1 = [
     path("", include("providers.api.urls")),
     path("", include("audit.api.urls")),
     path("", include("agents.api.urls")),
+    path("", include("workspaces.api.urls")),
 ]
 
 urlpatterns = [

@@ -18,6 +18,7 @@ class WorkspaceBackend(models.TextChoices):
     """How a workspace executes commands."""
 
     LOCAL = "local", "Local directory (no sandbox)"
+    BUBBLEWRAP = "bubblewrap", "Sandbox (bubblewrap: no network, read-only system, private /workspace)"
 
 
 class WorkspaceStatus(models.TextChoices):
@@ -27,8 +28,38 @@ class WorkspaceStatus(models.TextChoices):
     STOPPED = "stopped", "Stopped"
 
 
+class WorkspaceTemplate(models.Model):
+    """A kind of workspace the agent may start, chosen by its name and description: where and within what
+    limits its commands run. A limit left empty takes the deployment's default."""
+
+    organization = models.ForeignKey(
+        "organizations.Organization", on_delete=models.CASCADE, related_name="workspace_templates"
+    )
+    name = models.CharField(max_length=63)
+    description = models.TextField()
+    backend = models.CharField(max_length=32, choices=WorkspaceBackend.choices, default=WorkspaceBackend.BUBBLEWRAP)
+    command_timeout_seconds = models.PositiveIntegerField(null=True, blank=True)
+    output_cap_bytes = models.PositiveIntegerField(null=True, blank=True)
+    memory_limit_mb = models.PositiveIntegerField(null=True, blank=True)
+    is_enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "name"], name="workspace_template_unique_name"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class Workspace(models.Model):
-    """A place where commands run on behalf of an agent session."""
+    """A place where commands run on behalf of an agent session, with the limits of the template it started
+    from copied in (a later edit of the template does not change a running workspace)."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     organization = models.ForeignKey("organizations.Organization", on_delete=models.CASCADE, related_name="workspaces")
@@ -36,6 +67,12 @@ class Workspace(models.Model):
     name = models.CharField(max_length=200)
     backend = models.CharField(max_length=32, choices=WorkspaceBackend.choices, default=WorkspaceBackend.LOCAL)
     directory = models.CharField(max_length=1000)
+    template = models.ForeignKey(
+        WorkspaceTemplate, on_delete=models.SET_NULL, null=True, blank=True, related_name="workspaces"
+    )
+    command_timeout_seconds = models.PositiveIntegerField(null=True, blank=True)
+    output_cap_bytes = models.PositiveIntegerField(null=True, blank=True)
+    memory_limit_mb = models.PositiveIntegerField(null=True, blank=True)
     status = models.CharField(max_length=16, choices=WorkspaceStatus.choices, default=WorkspaceStatus.READY)
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -7,7 +7,7 @@ from django.db.models import Q, QuerySet
 
 from organizations.models import MembershipRole, Organization
 from organizations.permissions import roles_for
-from workspaces.models import CommandRun, Workspace
+from workspaces.models import CommandRun, Workspace, WorkspaceTemplate
 
 
 def workspaces_for_user(*, user: AbstractBaseUser | AnonymousUser, organization: Organization) -> QuerySet[Workspace]:
@@ -34,3 +34,15 @@ def command_runs_for_user(
     if workspace is not None:
         runs = runs.filter(workspace_id=workspace.pk)
     return runs.order_by("started_at")
+
+
+def templates_for_user(
+    *, user: AbstractBaseUser | AnonymousUser, organization: Organization
+) -> QuerySet[WorkspaceTemplate]:
+    """The organization's templates, for any of its members (they see what their agents may start)."""
+    return WorkspaceTemplate.objects.for_user(user).filter(organization_id=organization.pk).order_by("name")
+
+
+def startable_templates(*, organization: Organization) -> list[WorkspaceTemplate]:
+    """The enabled templates the organization's agents may start, by name (one query)."""
+    return list(WorkspaceTemplate.objects.filter(organization_id=organization.pk, is_enabled=True).order_by("name"))

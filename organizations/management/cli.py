@@ -12,11 +12,20 @@ from django.core.management.base import CommandError
 from django.db import transaction
 
 from audit.services import SystemActor
+from organizations.models import Organization
 from organizations.services import RoleChange
 
 T = TypeVar("T")
 
 DRY_RUN_NOTE = "dry run: nothing written"
+
+
+def organization_by_slug(slug: str) -> Organization:
+    """The organization with this slug, or CommandError naming it."""
+    organization = Organization.objects.filter(slug=slug).first()
+    if organization is None:
+        raise CommandError(f"No organization with the slug {slug!r}: see `manage.py orgs list`.")
+    return organization
 
 
 def operator_actor() -> SystemActor:

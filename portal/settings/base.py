@@ -266,6 +266,12 @@ AUDIT_DESTINATION_BLOCKED_NETWORKS = env_networks("AIRLOCK_AUDIT_DESTINATION_BLO
 
 # Workspaces: where the local backend puts each session's directory, and the limits of one command.
 WORKSPACES_ROOT = Path(env_str("AIRLOCK_WORKSPACES_ROOT", str(DATA_DIR / "workspaces")))
+# Backend of a workspace started without a template (an organization with no templates): "local" or "bubblewrap".
+WORKSPACE_DEFAULT_BACKEND = env_str("AIRLOCK_WORKSPACE_DEFAULT_BACKEND", "local")
+if WORKSPACE_DEFAULT_BACKEND not in ("local", "bubblewrap"):
+    raise ImproperlyConfigured(
+        f"AIRLOCK_WORKSPACE_DEFAULT_BACKEND={WORKSPACE_DEFAULT_BACKEND!r}: use 'local' or 'bubblewrap'."
+    )
 WORKSPACE_COMMAND_TIMEOUT_SECONDS = env_int("AIRLOCK_COMMAND_TIMEOUT_SECONDS", 120)
 WORKSPACE_OUTPUT_CAP_BYTES = env_int("AIRLOCK_COMMAND_OUTPUT_CAP_BYTES", 256 * 1024)
 

@@ -51,7 +51,7 @@ async def test_unknown_tool_is_refused_and_the_model_is_told(setup, simulator):
     assert session.status == "idle"
     assert any(e["type"] == "error" and "Unknown tool 'browse'" in e["message"] for e in events)
     tool_result = simulator.requests[-1]["messages"][-1]
-    assert tool_result["role"] == "tool" and "only tool is `execute`" in tool_result["content"]
+    assert tool_result["role"] == "tool" and "use one of `execute`" in tool_result["content"]
     refused = await AuditEvent.objects.aget(action="tool.call")
     assert refused.outcome == "failure"
 

@@ -191,5 +191,5 @@ async def test_missing_directory_raises_a_clear_error(backend, lines):
 
 
 def test_unknown_backend_name_is_refused():
-    with pytest.raises(ValueError, match="Unknown workspace backend 'docker': use one of local"):
+    with pytest.raises(ValueError, match="Unknown workspace backend 'docker': use one of bubblewrap, local"):
         get_backend("docker")

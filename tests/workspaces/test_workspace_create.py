@@ -37,6 +37,10 @@ def test_creation_is_audited_with_name_backend_and_directory(org, owner):
         "backend": "local",
         "directory": workspace.directory,
         "owner_id": owner.pk,
+        "template": None,
+        "command_timeout_seconds": None,
+        "output_cap_bytes": None,
+        "memory_limit_mb": None,
     }
 
 

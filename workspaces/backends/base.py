@@ -84,6 +84,7 @@ class ExecutionBackend(abc.ABC):
 # name -> dotted path, imported on first use so that no backend's imports load unless it is used.
 _REGISTRY: dict[str, str] = {
     "local": "workspaces.backends.local.LocalBackend",
+    "bubblewrap": "workspaces.backends.bubblewrap.BubblewrapBackend",
 }
 _instances: dict[str, ExecutionBackend] = {}
 

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from workspaces.models import Workspace
 
 SHELL = "/bin/sh"
+PRLIMIT = "/usr/bin/prlimit"  # util-linux, on every Debian system
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 READ_CHUNK_BYTES = 64 * 1024
 # After SIGTERM at the timeout, how long the command has to exit before SIGKILL.
@@ -70,6 +71,14 @@ def _tail_text(data: bytes, *, cut: bool) -> str:
             skip += 1
         data = data[skip:]
     return _text(data)
+
+
+def memory_limit_prefix(workspace: Workspace) -> list[str]:
+    """`prlimit` arguments capping the address space of the command and everything it starts, when the
+    workspace has a memory limit (an allocation past it fails; no cgroup is needed)."""
+    if not workspace.memory_limit_mb:
+        return []
+    return [PRLIMIT, f"--as={workspace.memory_limit_mb * 1024 * 1024}", "--"]
 
 
 def _signal_group(pgid: int, signum: int) -> None:
@@ -154,6 +163,10 @@ class LocalBackend(ExecutionBackend):
         """The whole environment a command sees; nothing is inherited from the server."""
         return {"PATH": SAFE_PATH, "HOME": directory, "LANG": "C.UTF-8", "TERM": "dumb"}
 
+    def command_line(self, workspace: Workspace, directory: str, command: str) -> list[str]:
+        """The program and arguments that run `command`: the shell, under the workspace's memory limit if any."""
+        return [*memory_limit_prefix(workspace), SHELL, "-c", command]
+
     async def run(
         self,
         *,
@@ -169,15 +182,14 @@ class LocalBackend(ExecutionBackend):
             raise ExecutionError(
                 f"The directory of workspace {workspace.name!r} ({directory}) is missing: create a new workspace."
             )
+        argv = self.command_line(workspace, directory, command)
         loop = asyncio.get_running_loop()
         sink = _OutputSink(cap=output_cap, on_line=on_line)
         started = time.monotonic()
         read_fd, write_fd = os.pipe()
         try:
             process = await asyncio.create_subprocess_exec(
-                SHELL,
-                "-c",
-                command,
+                *argv,
                 cwd=directory,
                 env=self.environment(directory),
                 stdin=asyncio.subprocess.DEVNULL,

@@ -11,8 +11,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from organizations.management.cli import command_errors, format_table, operator_actor
-from providers.management.commands.providers import organization_by_slug
+from organizations.management.cli import command_errors, format_table, operator_actor, organization_by_slug
 from providers.models import LanguageModel, Provider
 from providers.services import model_create
 

@@ -16,19 +16,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from organizations.management.cli import command_errors, format_table, operator_actor
-from organizations.models import Organization
+from organizations.management.cli import command_errors, format_table, operator_actor, organization_by_slug
 from providers.checks import CheckResult, provider_check
 from providers.models import Provider, ProviderKind
 from providers.services import provider_create, secrets_rotate
-
-
-def organization_by_slug(slug: str) -> Organization:
-    """The organization with this slug, or CommandError naming it."""
-    organization = Organization.objects.filter(slug=slug).first()
-    if organization is None:
-        raise CommandError(f"No organization with the slug {slug!r}: see `manage.py orgs list`.")
-    return organization
 
 
 def parse_headers(values: list[str]) -> dict[str, str]:

@@ -21,9 +21,11 @@ from audit.services import Actor, AgentActor, SystemActor
 from organizations.models import Organization
 from organizations.permissions import has_permission, require_permission, roles_for
 from workspaces.backends import ExecutionError, ExecutionResult, OutputCallback, get_backend
-from workspaces.models import CommandRun, Workspace, WorkspaceBackend, WorkspaceStatus
+from workspaces.models import CommandRun, Workspace, WorkspaceStatus, WorkspaceTemplate
 
 NAME_MAX_LENGTH = Workspace._meta.get_field("name").max_length
+# The limits a workspace takes from its template (None: the deployment's default).
+LIMIT_FIELDS = ("command_timeout_seconds", "output_cap_bytes", "memory_limit_mb")
 
 T = TypeVar("T")
 
@@ -55,8 +57,19 @@ def _session_id(actor: Actor) -> str | None:
 
 
 @transaction.atomic
-def workspace_create(*, actor: Actor, organization: Organization, owner: AbstractBaseUser, name: str) -> Workspace:
-    """Create a workspace for `owner` (who must be allowed to run agents) with its own directory."""
+def workspace_create(
+    *,
+    actor: Actor,
+    organization: Organization,
+    owner: AbstractBaseUser,
+    name: str,
+    template: WorkspaceTemplate | None = None,
+) -> Workspace:
+    """Create a workspace for `owner` (who must be allowed to run agents) with its own directory.
+
+    From a template: its backend, with its limits copied in; without one: the deployment's default backend
+    (`WORKSPACE_DEFAULT_BACKEND`) and default limits.
+    """
     name = (name or "").strip()
     if not name:
         raise ValidationError({"name": "Give the workspace a name."})
@@ -71,8 +84,13 @@ def workspace_create(*, actor: Actor, organization: Organization, owner: Abstrac
     if person is not None and person.pk != owner.pk:
         require_permission(person, organization, "org.manage")
 
-    backend = get_backend(WorkspaceBackend.LOCAL)
-    workspace = Workspace(organization=organization, owner=owner, name=name, backend=backend.name)
+    if template is not None and (template.organization_id != organization.pk or not template.is_enabled):
+        raise ValidationError({"template": f"No enabled template {template.name!r} in {organization.slug}."})
+    backend = get_backend(template.backend if template is not None else settings.WORKSPACE_DEFAULT_BACKEND)
+    workspace = Workspace(organization=organization, owner=owner, name=name, backend=backend.name, template=template)
+    if template is not None:
+        for field in LIMIT_FIELDS:
+            setattr(workspace, field, getattr(template, field))
     workspace.directory = backend.directory_for(workspace)
     workspace.save(force_insert=True)
     try:
@@ -89,7 +107,14 @@ def workspace_create(*, actor: Actor, organization: Organization, owner: Abstrac
         target=workspace,
         workspace_id=workspace.id,
         session_id=_session_id(actor),
-        data={"name": name, "backend": workspace.backend, "directory": workspace.directory, "owner_id": owner.pk},
+        data={
+            "name": name,
+            "backend": workspace.backend,
+            "directory": workspace.directory,
+            "owner_id": owner.pk,
+            "template": {"id": template.pk, "name": template.name} if template is not None else None,
+            **{field: getattr(workspace, field) for field in LIMIT_FIELDS},
+        },
     )
     return workspace
 
@@ -234,8 +259,11 @@ async def command_execute(
     The returned run carries the backend's full result (captured output included) in `run.result`.
     """
     command = _validated_command(command)
-    timeout = float(settings.WORKSPACE_COMMAND_TIMEOUT_SECONDS if timeout is None else timeout)
-    output_cap = int(settings.WORKSPACE_OUTPUT_CAP_BYTES if output_cap is None else output_cap)
+    if timeout is None:
+        timeout = workspace.command_timeout_seconds or settings.WORKSPACE_COMMAND_TIMEOUT_SECONDS
+    if output_cap is None:
+        output_cap = workspace.output_cap_bytes or settings.WORKSPACE_OUTPUT_CAP_BYTES
+    timeout, output_cap = float(timeout), int(output_cap)
     if timeout <= 0:
         raise ValidationError({"timeout": "Use a timeout of more than 0 seconds."})
     if output_cap <= 0:

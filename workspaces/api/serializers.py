@@ -1,0 +1,39 @@
+"""Serializers of the workspace templates API."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from workspaces.models import WorkspaceBackend, WorkspaceTemplate
+
+
+class WorkspaceTemplateSerializer(serializers.ModelSerializer):
+    """A template as members see it: what the agent chooses by, and the limits it runs within."""
+
+    class Meta:
+        model = WorkspaceTemplate
+        fields = [
+            "id",
+            "name",
+            "description",
+            "backend",
+            "command_timeout_seconds",
+            "output_cap_bytes",
+            "memory_limit_mb",
+            "is_enabled",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = fields
+
+
+class WorkspaceTemplateWriteSerializer(serializers.Serializer):
+    """What a create or a change may send; the service checks the values and names the field at fault."""
+
+    name = serializers.CharField(required=False, trim_whitespace=True, max_length=200)
+    description = serializers.CharField(required=False, allow_blank=True, max_length=10_000)
+    backend = serializers.ChoiceField(required=False, choices=WorkspaceBackend.choices)
+    command_timeout_seconds = serializers.IntegerField(required=False, allow_null=True)
+    output_cap_bytes = serializers.IntegerField(required=False, allow_null=True)
+    memory_limit_mb = serializers.IntegerField(required=False, allow_null=True)
+    is_enabled = serializers.BooleanField(required=False)

@@ -1,0 +1,14 @@
+"""Workspace writes: workspaces and their commands (`workspaces`), and the templates agents start them from
+(`templates`). Every function is keyword-only and audits in the same transaction."""
+
+from workspaces.services.templates import template_create, template_delete, template_update
+from workspaces.services.workspaces import LIMIT_FIELDS, command_execute, workspace_create
+
+__all__ = [
+    "LIMIT_FIELDS",
+    "command_execute",
+    "template_create",
+    "template_delete",
+    "template_update",
+    "workspace_create",
+]
