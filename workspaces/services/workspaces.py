@@ -71,6 +71,7 @@ def workspace_create(
     (`WORKSPACE_DEFAULT_BACKEND`) and default limits.
     """
     name = (name or "").strip()
+    template_name = template.name if template is not None else ""
     if not name:
         raise ValidationError({"name": "Give the workspace a name."})
     if len(name) > NAME_MAX_LENGTH:
@@ -84,8 +85,12 @@ def workspace_create(
     if person is not None and person.pk != owner.pk:
         require_permission(person, organization, "org.manage")
 
-    if template is not None and (template.organization_id != organization.pk or not template.is_enabled):
-        raise ValidationError({"template": f"No enabled template {template.name!r} in {organization.slug}."})
+    if template is not None:
+        # As stored now: the caller's copy may predate an owner disabling or changing it.
+        current = WorkspaceTemplate.objects.filter(pk=template.pk, organization_id=organization.pk, is_enabled=True)
+        template = current.first()
+        if template is None:
+            raise ValidationError({"template": f"No enabled template {template_name!r} in {organization.slug}."})
     backend = get_backend(template.backend if template is not None else settings.WORKSPACE_DEFAULT_BACKEND)
     workspace = Workspace(organization=organization, owner=owner, name=name, backend=backend.name, template=template)
     if template is not None:

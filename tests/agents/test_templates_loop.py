@@ -1,0 +1,145 @@
+"""The agent chooses a workspace template by its name and description, starts it and runs commands in it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.db import connections
+
+from agents.models import AgentSession, SessionEvent
+from agents.services import session_start
+from audit.models import AuditEvent
+from organizations.models import Role
+from tests.agents.conftest import wait_for_turn
+from tests.factories import LanguageModelFactory, OrganizationFactory, UserFactory, make_member
+from workspaces.models import Workspace, WorkspaceTemplate
+from workspaces.services import template_create
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.timeout(60),
+    pytest.mark.usefixtures("close_async_orm_connections"),
+]
+
+SANDBOX = "Debian tools in a bubblewrap sandbox, no network: for building and testing code."
+
+
+@pytest.fixture
+def setup(simulator, settings, tmp_path):
+    settings.WORKSPACES_ROOT = tmp_path
+    org = OrganizationFactory(slug="acme")
+    user = UserFactory(username="alice")
+    make_member(org, user, Role.AGENTS_USER)
+    LanguageModelFactory(provider__organization=org, provider__base_url=simulator.base_url, is_default=True)
+    template_create(actor=None, organization=org, name="sandbox", description=SANDBOX, memory_limit_mb=512)
+    template_create(
+        actor=None, organization=org, name="host-shell", description="The host's shell, unsandboxed.", backend="local"
+    )
+    template_create(
+        actor=None, organization=org, name="retired", description="An old image nobody should use.", is_enabled=False
+    )
+    return org, user
+
+
+async def start_and_run(user, org, prompt: str) -> tuple[AgentSession, list[dict]]:
+    session = await sync_to_async(session_start)(user=user, organization=org, prompt=prompt)
+    await wait_for_turn(session)
+    events = [e.as_wire() async for e in SessionEvent.objects.filter(session=session).order_by("seq")]
+    await sync_to_async(connections.close_all)()
+    return await AgentSession.objects.aget(pk=session.pk), events
+
+
+def start(template: str) -> dict:
+    return {"tool_calls": [{"name": "start_workspace", "arguments": {"template": template}}]}
+
+
+def execute(command: str) -> dict:
+    return {"tool_calls": [{"name": "execute", "arguments": {"command": command}}]}
+
+
+async def test_the_model_sees_the_enabled_templates_and_runs_commands_in_the_one_it_starts(setup, simulator):
+    org, user = setup
+    simulator.enqueue(start("sandbox"), execute("id -u; pwd; echo $HOME"), {"text": "Done."})
+
+    session, events = await start_and_run(user, org, "build it")
+
+    assert session.status == "idle", session.error
+    first = simulator.requests[0]
+    offered = {tool["function"]["name"]: tool["function"] for tool in first["tools"]}
+    assert set(offered) == {"start_workspace", "execute"}
+    assert offered["start_workspace"]["parameters"]["properties"]["template"]["enum"] == ["host-shell", "sandbox"]
+    system = first["messages"][0]["content"]
+    assert f"- sandbox: {SANDBOX}" in system and "retired" not in system
+
+    output = [e["line"] for e in events if e["type"] == "command.output"]
+    assert output == ["1000", "/workspace", "/workspace"]
+    started = next(e for e in events if e["type"] == "workspace.started")
+    workspace = await Workspace.objects.select_related("template").aget(pk=started["workspace_id"])
+    assert (workspace.backend, workspace.template.name, workspace.memory_limit_mb) == ("bubblewrap", "sandbox", 512)
+    assert session.workspace_id == workspace.pk
+    created = await AuditEvent.objects.aget(action="workspace.created")
+    assert created.session_id == str(session.pk) and created.data["template"]["name"] == "sandbox"
+    command = await AuditEvent.objects.aget(action="workspace.command")
+    assert command.workspace_id == str(workspace.pk) and command.outcome == "success"
+
+
+async def test_a_command_before_any_workspace_is_refused_and_the_model_told_how_to_start_one(setup, simulator):
+    org, user = setup
+    simulator.enqueue(execute("ls"), {"text": "I will start one first."})
+
+    session, _ = await start_and_run(user, org, "list files")
+
+    told = simulator.requests[-1]["messages"][-1]
+    assert told["role"] == "tool" and "call `start_workspace` first" in told["content"]
+    assert "host-shell, sandbox" in told["content"]
+    assert not await Workspace.objects.aexists()
+    refused = await AuditEvent.objects.aget(action="tool.call")
+    assert refused.outcome == "failure"
+
+
+@pytest.mark.parametrize("name", ["retired", "docker", None])
+async def test_an_unknown_or_disabled_template_is_refused_naming_the_ones_there_are(setup, simulator, name):
+    org, user = setup
+    simulator.enqueue(start(name), {"text": "ok"})
+
+    await start_and_run(user, org, "start something")
+
+    told = simulator.requests[-1]["messages"][-1]["content"]
+    assert "Start one of the templates host-shell, sandbox" in told
+    assert not await Workspace.objects.aexists()
+
+
+async def test_a_template_disabled_during_the_turn_does_not_start(setup, simulator):
+    org, user = setup
+    simulator.enqueue({"delay": 1.0, **start("sandbox")}, {"text": "ok"})
+    session = await sync_to_async(session_start)(user=user, organization=org, prompt="go")
+    for _ in range(500):  # until the turn has read the templates and the model is thinking
+        if simulator.requests:
+            break
+        await asyncio.sleep(0.02)
+    await WorkspaceTemplate.objects.filter(name="sandbox").aupdate(is_enabled=False)
+    await wait_for_turn(session)
+
+    told = simulator.requests[-1]["messages"][-1]["content"]
+    assert "The workspace could not start: No enabled template 'sandbox' in acme." in told
+    assert not await Workspace.objects.aexists()
+
+
+async def test_without_templates_the_agent_has_only_execute_and_the_default_workspace(simulator, settings, tmp_path):
+    settings.WORKSPACES_ROOT = tmp_path
+    org = await sync_to_async(OrganizationFactory)(slug="plain")
+    user = await sync_to_async(UserFactory)(username="bob")
+    await sync_to_async(make_member)(org, user, Role.AGENTS_USER)
+    await sync_to_async(LanguageModelFactory)(
+        provider__organization=org, provider__base_url=simulator.base_url, is_default=True
+    )
+    simulator.enqueue(execute("echo hi"), {"text": "ok"})
+
+    session, events = await start_and_run(user, org, "say hi")
+
+    assert [tool["function"]["name"] for tool in simulator.requests[0]["tools"]] == ["execute"]
+    assert [e["line"] for e in events if e["type"] == "command.output"] == ["hi"]
+    workspace = await Workspace.objects.aget(pk=session.workspace_id)
+    assert workspace.backend == "local" and workspace.template_id is None
