@@ -8,6 +8,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.livesrv import LivePortal
+from workspaces.services import template_create
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -228,3 +229,32 @@ def test_wrong_password_shows_an_error_and_keeps_the_chat_closed(
     page.goto(f"{live_portal.url}/orgs/acme/chat/{stored_session}/")
     expect(page).to_have_url(re.compile(r"/accounts/login/\?next="))
     expect(page.get_by_text("Show me <b>bold</b> output")).to_have_count(0)
+
+
+@pytest.fixture
+def sandbox_template(live_portal: LivePortal) -> None:
+    """A bubblewrap template in acme (created before the browser's event loop starts in this thread)."""
+    template_create(
+        actor=None, organization=live_portal.org, name="sandbox", description="Debian tools in a bubblewrap sandbox."
+    )
+
+
+@pytest.mark.usefixtures("sandbox_template")
+def test_the_agent_starts_a_sandboxed_workspace_from_a_template_and_the_page_shows_it(
+    live_portal: LivePortal, browser_page: Page
+) -> None:
+    page = browser_page
+    live_portal.simulator.enqueue(
+        {"tool_calls": [{"name": "start_workspace", "arguments": {"template": "sandbox"}}]},
+        {"tool_calls": [{"name": "execute", "arguments": {"command": "id -u"}}]},
+        {"text": "I run as 1000 in the sandbox."},
+    )
+
+    sign_in(page, live_portal)
+    send(page, "Who are you in the workspace?")
+
+    conversation = page.locator("#conversation")
+    expect(conversation.get_by_text("I run as 1000 in the sandbox.")).to_be_visible(timeout=AGENT_TIMEOUT_MS)
+    started, command = conversation.locator(".command").nth(0), conversation.locator(".command").nth(1)
+    expect(started.locator(".command-state")).to_have_text("workspace started from template sandbox")
+    expect(command.locator(".command-output")).to_have_text("1000")

@@ -311,6 +311,18 @@
     if (ev.truncated) block.foot.appendChild(make("span", "command-flag", "output truncated"));
   }
 
+  function renderWorkspaceStarted(ev) {
+    const text = "workspace started from template " + (ev.template || "(none)");
+    const block = findCommand(ev);
+    if (!block) {
+      append(make("div", "notice", text));
+      return;
+    }
+    block.started = true;
+    block.node.classList.add("ok");
+    block.state.textContent = text;
+  }
+
   function renderStatus(ev) {
     state.statusSeq = ev.seq;
     setStatus(ev.status);
@@ -346,6 +358,7 @@
     "command.started": renderCommandStarted,
     "command.output": renderCommandOutput,
     "command.finished": renderCommandFinished,
+    "workspace.started": renderWorkspaceStarted,
     error: renderError,
   };
 
