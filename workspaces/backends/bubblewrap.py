@@ -6,7 +6,9 @@ What a command inside sees and may do:
   of the host's file system but the operating system's programs and libraries (/usr, read-only), a
   minimal /etc (read-only: passwd and group naming the sandbox user, the dynamic linker's cache and
   the alternatives links), a private /tmp (a memory file system of at most `TMP_SIZE_BYTES`), /proc
-  and a minimal /dev. The server's files, its configuration, other workspaces and the database's
+  and a minimal /dev with a private /dev/shm (at most `SHM_SIZE_BYTES`); the rest of / and /dev is
+  read-only, so memory file systems are the only writable places besides /workspace and each has a size.
+  The server's files, its configuration, other workspaces and the database's
   socket are not there;
 - no network: the sandbox has its own network namespace with only its own loopback, so neither the
   host's services on 127.0.0.1 nor anything beyond can be reached;
@@ -44,6 +46,7 @@ BWRAP = "bwrap"
 SANDBOX_HOME = "/workspace"
 SANDBOX_UID = 1000
 TMP_SIZE_BYTES = 256 * 1024 * 1024
+SHM_SIZE_BYTES = 64 * 1024 * 1024
 # Host paths bound read-only when they exist: what programs need to start and to find their alternatives.
 READ_ONLY_ETC = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives", "/etc/localtime")
 PASSWD = f"sandbox:x:{SANDBOX_UID}:{SANDBOX_UID}:Airlock workspace:{SANDBOX_HOME}:/bin/sh\n"
@@ -112,6 +115,10 @@ def sandbox_arguments(directory: str) -> list[str]:
         "--dev",
         "/dev",
         "--size",
+        str(SHM_SIZE_BYTES),
+        "--tmpfs",
+        "/dev/shm",
+        "--size",
         str(TMP_SIZE_BYTES),
         "--tmpfs",
         "/tmp",  # noqa: S108 - the sandbox's own memory file system, not the host's /tmp
@@ -126,6 +133,11 @@ def sandbox_arguments(directory: str) -> list[str]:
         str(SANDBOX_UID),
         "--hostname",
         "workspace",
+        # The sandbox's own / and /dev are memory file systems without a size: read-only, nothing can fill them.
+        "--remount-ro",
+        "/dev",
+        "--remount-ro",
+        "/",
     ]
     return arguments
 
