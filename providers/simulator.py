@@ -265,12 +265,30 @@ def default_turn(body: dict[str, Any], *, chunk_delay: float = 0.0) -> dict[str,
             break
     command = command_in_prompt(prompt)
     if command and "execute" in tool_names:
-        return {
-            "text": f"I'll run `{command}` in the workspace.",
-            "tool_calls": [{"name": "execute", "arguments": {"command": command}}],
-            **pace,
-        }
+        calls = [{"name": "execute", "arguments": {"command": command}}]
+        template = _template_to_start(body, messages)
+        if template is not None:
+            calls.insert(0, {"name": "start_workspace", "arguments": {"template": template}})
+        where = f"a workspace from the {template!r} template" if template is not None else "the workspace"
+        return {"text": f"I'll run `{command}` in {where}.", "tool_calls": calls, **pace}
     return {"text": _help_text(prompt, offers_execute="execute" in tool_names, command=command), **pace}
+
+
+def _template_to_start(body: dict[str, Any], messages: list[dict[str, Any]]) -> str | None:
+    """The first template `start_workspace` offers, when the conversation has not started a workspace yet."""
+    started = any(
+        (call.get("function") or {}).get("name") == "start_workspace"
+        for message in messages
+        for call in message.get("tool_calls") or []
+        if isinstance(call, dict)
+    )
+    for tool in body.get("tools") or []:
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not started and isinstance(function, dict) and function.get("name") == "start_workspace":
+            choices = (((function.get("parameters") or {}).get("properties") or {}).get("template") or {}).get("enum")
+            if isinstance(choices, list) and choices:
+                return str(choices[0])
+    return None
 
 
 def openai_view(body: dict[str, Any]) -> dict[str, Any]:
@@ -308,7 +326,7 @@ def openai_view(body: dict[str, Any]) -> dict[str, Any]:
         elif text or not results:
             messages.append({"role": "user", "content": text})
     tools = [
-        {"type": "function", "function": {"name": tool.get("name")}}
+        {"type": "function", "function": {"name": tool.get("name"), "parameters": tool.get("input_schema") or {}}}
         for tool in body.get("tools") or []
         if isinstance(tool, dict)
     ]

@@ -9,7 +9,7 @@ from asgiref.sync import sync_to_async
 from django.db import connections
 
 from agents.models import AgentSession, SessionEvent
-from agents.services import session_start
+from agents.services import session_add_prompt, session_start
 from audit.models import AuditEvent
 from organizations.models import Role
 from tests.agents.conftest import wait_for_turn
@@ -143,3 +143,17 @@ async def test_without_templates_the_agent_has_only_execute_and_the_default_work
     assert [e["line"] for e in events if e["type"] == "command.output"] == ["hi"]
     workspace = await Workspace.objects.aget(pk=session.workspace_id)
     assert workspace.backend == "local" and workspace.template_id is None
+
+
+async def test_the_simulators_default_responder_starts_the_first_template_once_then_runs_commands(setup, simulator):
+    org, user = setup
+
+    session, events = await start_and_run(user, org, "run `echo first`")
+    await sync_to_async(session_add_prompt)(user=user, session=session, prompt="$ echo second")
+    await wait_for_turn(session)
+    events = [e.as_wire() async for e in SessionEvent.objects.filter(session=session).order_by("seq")]
+
+    assert [e["template"] for e in events if e["type"] == "workspace.started"] == ["host-shell"]
+    assert [e["line"] for e in events if e["type"] == "command.output"] == ["first", "second"]
+    answers = [e["text"] for e in events if e["type"] == "assistant.message" and e["text"].startswith("I ran")]
+    assert [answer.split(".")[0] for answer in answers] == ["I ran `echo first`", "I ran `echo second`"]

@@ -15,9 +15,17 @@ from organizations.models import Organization, Role
 from organizations.services import membership_grant_roles, organization_create
 from providers.models import Provider
 from providers.services import model_create, provider_create
+from workspaces.backends.bubblewrap import sandbox_problem
+from workspaces.models import WorkspaceTemplate
+from workspaces.services import template_create
 
 DEMO_SLUG = "demo"
 DEMO_OWNER = "owner"
+DEMO_TEMPLATE = "sandbox"
+DEMO_TEMPLATE_DESCRIPTION = (
+    "This server's Debian tools (shell, coreutils, Python 3, git where installed) in a bubblewrap sandbox: "
+    "no network, a read-only system, the workspace at /workspace kept between commands."
+)
 
 
 def _provider_from_environment() -> dict[str, Any]:
@@ -93,6 +101,9 @@ class Command(BaseCommand):
                         context_limit=128_000,
                         is_default=True,
                     )
+            sandbox_note = self._demo_template(organization, actor)
+        if sandbox_note:
+            self.stdout.write(sandbox_note)
         if password:
             self.stdout.write(
                 self.style.SUCCESS(
@@ -101,3 +112,20 @@ class Command(BaseCommand):
             )
         else:
             self.stdout.write(f"Demo organization '{DEMO_SLUG}' ready (owner account '{DEMO_OWNER}' already existed).")
+
+    def _demo_template(self, organization: Organization, actor: SystemActor) -> str:
+        """A bubblewrap template for the demo's agent where this host can run one; what was done, in words."""
+        if WorkspaceTemplate.objects.filter(organization=organization).exists():
+            return ""
+        problem = sandbox_problem()
+        if problem is not None:
+            return (
+                f"No workspace sandbox on this host ({problem}) The demo agent runs its commands in a plain "
+                "directory (the local backend: not a sandbox)."
+            )
+        template_create(
+            actor=actor, organization=organization, name=DEMO_TEMPLATE, description=DEMO_TEMPLATE_DESCRIPTION
+        )
+        return (
+            f"Workspace template {DEMO_TEMPLATE!r} created: the demo agent runs its commands in a bubblewrap sandbox."
+        )
