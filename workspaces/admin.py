@@ -19,6 +19,7 @@ from organizations.models import Organization
 from organizations.permissions import has_permission, orgs_where_allowed
 from workspaces.models import CommandRun, Workspace, WorkspaceTemplate
 from workspaces.services.templates import (
+    TEMPLATE_FIELD_ORDER,
     TEMPLATE_FIELDS,
     clean_template_field,
     template_create,
@@ -84,16 +85,7 @@ class WorkspaceTemplateForm(forms.ModelForm):
 
     class Meta:
         model = WorkspaceTemplate
-        fields = [
-            "organization",
-            "name",
-            "description",
-            "backend",
-            "command_timeout_seconds",
-            "output_cap_bytes",
-            "memory_limit_mb",
-            "is_enabled",
-        ]
+        fields = ["organization", *TEMPLATE_FIELD_ORDER]
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()

@@ -6,15 +6,14 @@ from decimal import Decimal
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.db import connections
 
-from agents.models import AgentSession, SessionEvent
+from agents.models import SessionEvent
 from agents.services import session_start
 from audit.models import AuditEvent
 from audit.verify import verify_chain
 from organizations.models import MembershipRole, Role
 from providers.models import LanguageModel, ModelCall
-from tests.agents.conftest import wait_for_turn
+from tests.agents.conftest import start_and_run, wait_for_turn
 from tests.factories import LanguageModelFactory, OrganizationFactory, UserFactory, make_member
 
 pytestmark = [
@@ -32,14 +31,6 @@ def setup(simulator, settings, tmp_path):
     make_member(org, user, Role.AGENTS_USER)
     model = LanguageModelFactory(provider__organization=org, provider__base_url=simulator.base_url, is_default=True)
     return org, user, model
-
-
-async def start_and_run(user, org, prompt: str) -> tuple[AgentSession, list[dict]]:
-    session = await sync_to_async(session_start)(user=user, organization=org, prompt=prompt)
-    await wait_for_turn(session)
-    events = [e.as_wire() async for e in SessionEvent.objects.filter(session=session).order_by("seq")]
-    await sync_to_async(connections.close_all)()
-    return await AgentSession.objects.aget(pk=session.pk), events
 
 
 async def test_unknown_tool_is_refused_and_the_model_is_told(setup, simulator):

@@ -6,13 +6,12 @@ import asyncio
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.db import connections
 
-from agents.models import AgentSession, SessionEvent
+from agents.models import SessionEvent
 from agents.services import session_add_prompt, session_start
 from audit.models import AuditEvent
 from organizations.models import Role
-from tests.agents.conftest import wait_for_turn
+from tests.agents.conftest import start_and_run, wait_for_turn
 from tests.factories import LanguageModelFactory, OrganizationFactory, UserFactory, make_member
 from workspaces.models import Workspace, WorkspaceTemplate
 from workspaces.services import template_create
@@ -41,14 +40,6 @@ def setup(simulator, settings, tmp_path):
         actor=None, organization=org, name="retired", description="An old image nobody should use.", is_enabled=False
     )
     return org, user
-
-
-async def start_and_run(user, org, prompt: str) -> tuple[AgentSession, list[dict]]:
-    session = await sync_to_async(session_start)(user=user, organization=org, prompt=prompt)
-    await wait_for_turn(session)
-    events = [e.as_wire() async for e in SessionEvent.objects.filter(session=session).order_by("seq")]
-    await sync_to_async(connections.close_all)()
-    return await AgentSession.objects.aget(pk=session.pk), events
 
 
 def start(template: str) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from workspaces.models import WorkspaceBackend, WorkspaceTemplate
+from workspaces.services.templates import TEMPLATE_FIELD_ORDER
 
 
 class WorkspaceTemplateSerializer(serializers.ModelSerializer):
@@ -12,18 +13,7 @@ class WorkspaceTemplateSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = WorkspaceTemplate
-        fields = [
-            "id",
-            "name",
-            "description",
-            "backend",
-            "command_timeout_seconds",
-            "output_cap_bytes",
-            "memory_limit_mb",
-            "is_enabled",
-            "created_at",
-            "updated_at",
-        ]
+        fields = ["id", *TEMPLATE_FIELD_ORDER, "created_at", "updated_at"]
         read_only_fields = fields
 
 

@@ -117,7 +117,7 @@ def sandbox_arguments(directory: str) -> list[str]:
         "--size",
         str(SHM_SIZE_BYTES),
         "--tmpfs",
-        "/dev/shm",
+        "/dev/shm",  # noqa: S108 - the sandbox's own, sized memory file system
         "--size",
         str(TMP_SIZE_BYTES),
         "--tmpfs",

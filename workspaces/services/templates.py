@@ -27,7 +27,9 @@ LIMITS: dict[str, tuple[int, int, str]] = {
     "output_cap_bytes": (1024, 64 * 1024 * 1024, "bytes"),
     "memory_limit_mb": (64, 1024 * 1024, "MB"),
 }
-TEMPLATE_FIELDS = frozenset({"name", "description", "backend", "is_enabled", *LIMITS})
+# Every field a template's owner sets, in the order forms and the API show them.
+TEMPLATE_FIELD_ORDER = ("name", "description", "backend", *LIMITS, "is_enabled")
+TEMPLATE_FIELDS = frozenset(TEMPLATE_FIELD_ORDER)
 
 
 def _clean_name(name: Any) -> str:
