@@ -21,6 +21,7 @@ urlpatterns = [
     path("accounts/", include("allauth.urls")),
     path("api/v1/", include(api_v1)),
     path("", include("providers.urls")),
+    path("", include("workspaces.urls")),
     path("", include("audit.urls")),
     path("", include("agents.urls")),
 ]

@@ -1,4 +1,4 @@
-"""The organization's navigation in the header: Chat, Providers, Models, Audit, as the user's roles allow."""
+"""The organization's navigation in the header: Chat, Providers, Models, Templates, Audit, as the roles allow."""
 
 from __future__ import annotations
 
@@ -21,4 +21,5 @@ def org_nav(context: dict[str, Any], organization: Organization, current: str = 
         "current": current,
         "can_view_settings": has_permission(user, organization, "provider.view"),
         "can_view_audit": has_permission(user, organization, "audit.view"),
+        "can_manage_templates": has_permission(user, organization, "template.manage"),
     }
