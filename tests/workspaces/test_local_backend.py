@@ -87,6 +87,18 @@ async def test_background_process_left_behind_is_stopped_when_the_command_ends(b
     assert wait_until_gone(child_pid(lines.lines))
 
 
+async def test_a_workspace_memory_limit_stops_a_large_allocation_on_the_local_backend_too(backend, bare, lines):
+    bare.memory_limit_mb = 128
+    allocate = 'python3 -c "b = bytearray({size} * 1024 * 1024); print(len(b) // 1048576)"'
+
+    refused = await run(backend, bare, allocate.format(size=512), lines)
+    bare.memory_limit_mb = 1024
+    allowed = await run(backend, bare, allocate.format(size=64), lines)
+
+    assert refused.exit_code != 0 and "MemoryError" in refused.output
+    assert allowed.exit_code == 0 and allowed.output == "64\n"
+
+
 async def test_cancelling_a_run_kills_the_command_and_its_children(backend, bare, lines):
     task = asyncio.create_task(run(backend, bare, "sleep 30 & echo child=$!; wait", lines, limit=30))
     await asyncio.wait_for(lines.seen.wait(), timeout=5)
