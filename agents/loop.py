@@ -35,7 +35,7 @@ from providers.clients import (
 from providers.usage import model_call_record
 from workspaces.backends import ExecutionError
 from workspaces.models import CommandRun, Workspace, WorkspaceTemplate
-from workspaces.selectors import startable_templates
+from workspaces.selectors import organization_templates
 from workspaces.services import command_execute
 
 logger = logging.getLogger(__name__)
@@ -109,6 +109,9 @@ class StepResult:
     summary: CallSummary | None = None
     stop_reason: str = ""
     request_digest: str = ""
+    # What the model was offered: the tools, and the workspace templates listed in the system prompt.
+    tools_offered: list[str] = field(default_factory=list)
+    templates_offered: list[str] = field(default_factory=list)
 
 
 def _load_session(session_id: uuid.UUID) -> AgentSession:
@@ -174,6 +177,8 @@ def _record_model_call(
             "response_text": result.text,
             "reasoning_text": result.reasoning,
             "tool_calls": [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in result.tool_calls],
+            "tools_offered": result.tools_offered,
+            "templates_offered": result.templates_offered,
         }
         audit.record(
             action="model.call",
@@ -197,7 +202,9 @@ class AgentTurn:
         self.session = session
         self.stream = stream
         self.actor = AgentActor(user=session.created_by, session_id=str(session.pk))
-        self.templates = templates or []
+        # Enabled templates are offered; an organization with only disabled ones gets no default workspace.
+        self.templates_configured = bool(templates)
+        self.templates = [template for template in templates or [] if template.is_enabled]
         self.system = system_prompt(self.templates)
         self.tools = [_start_workspace_tool(self.templates), EXECUTE_TOOL] if self.templates else [EXECUTE_TOOL]
 
@@ -244,6 +251,8 @@ class AgentTurn:
     async def _call_model(self, step: int, messages: list[dict[str, Any]], result: StepResult) -> None:
         correlation = {"session_id": str(self.session.pk), "user_id": str(self.session.created_by_id)}
         result.request_digest = hashlib.sha256(canonical_json([self.system, messages]).encode()).hexdigest()
+        result.tools_offered = [tool.name for tool in self.tools]
+        result.templates_offered = [template.name for template in self.templates]
         async for event in stream_turn(
             model=self.session.model,
             system=self.system,
@@ -285,6 +294,11 @@ class AgentTurn:
             error = (
                 f"No workspace is running yet: call `{START_WORKSPACE_TOOL_NAME}` first with one of the templates "
                 f"{', '.join(t.name for t in self.templates)}."
+            )
+        elif self.session.workspace is None and self.templates_configured:
+            error = (
+                f"No workspace template of {self.session.organization.slug} is enabled, so no command can run: an "
+                "owner or template admin must enable one first."
             )
         await sync_to_async(self._audit_tool_call)(call, error)
         if error:
@@ -410,7 +424,7 @@ def _tool_result_text(run: CommandRun, lines: list[str]) -> str:
 async def run_turn(session_id: uuid.UUID) -> None:
     """Run one queued turn of a session to the end; never raises (failures land in the stream)."""
     session = await sync_to_async(_load_session)(session_id)
-    templates = await sync_to_async(startable_templates)(organization=session.organization)
+    templates = await sync_to_async(organization_templates)(organization=session.organization)
     stream = SessionStream(session.pk, await sync_to_async(next_seq)(session.pk))
     turn = AgentTurn(session, stream, templates)
     try:

@@ -6,19 +6,21 @@ import uuid
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.db.models import Max
 
 import audit
 from agents.models import AgentSession, Message, MessageRole, SessionEvent, SessionStatus
 from agents.stream import next_seq, publish_now
+from audit.models import Outcome
 from audit.services import AgentActor
 from organizations.models import Organization
 from organizations.permissions import require_permission
 from providers.models import LanguageModel
 from providers.selectors import models_for_user
-from workspaces.models import Workspace, WorkspaceTemplate
+from workspaces.backends import ExecutionError
+from workspaces.models import Workspace, WorkspaceStatus, WorkspaceTemplate
 from workspaces.services import workspace_create
 
 MAX_PROMPT_CHARS = 100_000
@@ -127,17 +129,57 @@ def session_add_prompt(*, user: AbstractBaseUser, session: AgentSession, prompt:
     return session
 
 
-@transaction.atomic
 def session_workspace_create(
     *, session: AgentSession, actor: AgentActor, template: WorkspaceTemplate | None = None
 ) -> Workspace:
     """Give a session its workspace, from a template the agent chose or (with none) the deployment's default;
-    audited as workspace.created in the session. A later start replaces the session's workspace."""
+    audited as workspace.created in the session. A later start replaces the session's workspace, which stops
+    (`workspace.stopped`; its files stay). A start that fails is audited too, as a failed (or denied)
+    `workspace.created`, and the error raised again."""
+    try:
+        return _session_workspace_replace(session=session, actor=actor, template=template)
+    except (ExecutionError, PermissionDenied, ValidationError) as exc:
+        reason = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc) or type(exc).__name__
+        with transaction.atomic():
+            audit.record(
+                action="workspace.created",
+                actor=actor,
+                organization=session.organization,
+                target=session,
+                session_id=session.pk,
+                outcome=Outcome.DENIED if isinstance(exc, PermissionDenied) else Outcome.FAILURE,
+                error=reason,
+                data={"template": template.name if template is not None else None},
+            )
+        raise
+
+
+@transaction.atomic
+def _session_workspace_replace(
+    *, session: AgentSession, actor: AgentActor, template: WorkspaceTemplate | None
+) -> Workspace:
     name = f"session-{session.pk}" if template is None else f"session-{session.pk}-{template.name}"
     workspace = workspace_create(
         actor=actor, organization=session.organization, owner=session.created_by, name=name, template=template
     )
+    previous = (
+        Workspace.objects.select_for_update()
+        .filter(sessions__pk=session.pk, status=WorkspaceStatus.READY)
+        .exclude(pk=workspace.pk)
+        .first()
+    )
     AgentSession.objects.filter(pk=session.pk).update(workspace=workspace)
+    if previous is not None:
+        Workspace.objects.filter(pk=previous.pk).update(status=WorkspaceStatus.STOPPED)
+        audit.record(
+            action="workspace.stopped",
+            actor=actor,
+            organization=session.organization,
+            target=previous,
+            workspace_id=previous.pk,
+            session_id=session.pk,
+            data={"reason": "replaced", "replaced_by": str(workspace.pk)},
+        )
     return workspace
 
 

@@ -55,7 +55,7 @@ class WorkspaceAdmin(_ReadOnlyScopedAdmin):
     """Workspaces, with their directory and owner."""
 
     list_display = ("name", "organization", "owner", "backend", "status", "created_at")
-    list_filter = ("backend", "status", "organization")
+    list_filter = ("backend", "status", ("organization", admin.RelatedOnlyFieldListFilter))
     search_fields = ("name", "owner__username")
     list_select_related = ("organization", "owner")
 
@@ -65,7 +65,7 @@ class CommandRunAdmin(_ReadOnlyScopedAdmin):
     """Commands run in workspaces and how they ended."""
 
     list_display = ("command_preview", "workspace", "exit_code", "timed_out", "duration_ms", "started_at")
-    list_filter = ("timed_out", "output_truncated", "organization")
+    list_filter = ("timed_out", "output_truncated", ("organization", admin.RelatedOnlyFieldListFilter))
     search_fields = ("command", "workspace__name")
     list_select_related = ("workspace",)
     date_hierarchy = "started_at"
@@ -111,7 +111,7 @@ class WorkspaceTemplateAdmin(admin.ModelAdmin):
 
     form = WorkspaceTemplateForm
     list_display = ("name", "organization", "backend", "is_enabled", "memory_limit_mb", "updated_at")
-    list_filter = ("backend", "is_enabled", "organization")
+    list_filter = ("backend", "is_enabled", ("organization", admin.RelatedOnlyFieldListFilter))
     search_fields = ("name", "description")
     list_select_related = ("organization",)
 

@@ -28,7 +28,9 @@ class WorkspaceTemplateForm(forms.Form):
         required=False, label="Output kept per command (bytes)", help_text="Empty: the deployment's default."
     )
     memory_limit_mb = forms.IntegerField(
-        required=False, label="Memory limit (MB)", help_text="Address space of each command. Empty: no limit."
+        required=False,
+        label="Memory limit (MB)",
+        help_text="Address space of each process of a command. Empty: no limit.",
     )
     is_enabled = forms.BooleanField(required=False, initial=True, label="Agents may start it")
 

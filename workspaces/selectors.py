@@ -43,6 +43,7 @@ def templates_for_user(
     return WorkspaceTemplate.objects.for_user(user).filter(organization_id=organization.pk).order_by("name")
 
 
-def startable_templates(*, organization: Organization) -> list[WorkspaceTemplate]:
-    """The enabled templates the organization's agents may start, by name (one query)."""
-    return list(WorkspaceTemplate.objects.filter(organization_id=organization.pk, is_enabled=True).order_by("name"))
+def organization_templates(*, organization: Organization) -> list[WorkspaceTemplate]:
+    """All of the organization's templates, enabled or not, by name (one query): the agent may start the enabled
+    ones, and an organization that has any never falls back to the deployment's default backend."""
+    return list(WorkspaceTemplate.objects.filter(organization_id=organization.pk).order_by("name"))

@@ -266,12 +266,23 @@ AUDIT_DESTINATION_BLOCKED_NETWORKS = env_networks("AIRLOCK_AUDIT_DESTINATION_BLO
 
 # Workspaces: where the local backend puts each session's directory, and the limits of one command.
 WORKSPACES_ROOT = Path(env_str("AIRLOCK_WORKSPACES_ROOT", str(DATA_DIR / "workspaces")))
-# Backend of a workspace started without a template (an organization with no templates): "local" or "bubblewrap".
-WORKSPACE_DEFAULT_BACKEND = env_str("AIRLOCK_WORKSPACE_DEFAULT_BACKEND", "local")
-if WORKSPACE_DEFAULT_BACKEND not in ("local", "bubblewrap"):
-    raise ImproperlyConfigured(
-        f"AIRLOCK_WORKSPACE_DEFAULT_BACKEND={WORKSPACE_DEFAULT_BACKEND!r}: use 'local' or 'bubblewrap'."
-    )
+# Backend of a workspace started without a template (an organization that never had one): "bubblewrap" or
+# "local" (not a sandbox: commands run as Airlock's own user on this host).
+WORKSPACE_DEFAULT_BACKEND = env_str("AIRLOCK_WORKSPACE_DEFAULT_BACKEND", "bubblewrap")
+# Backends an organization's owners and template admins may give a template: choosing "local" (no sandbox) is the
+# operator's decision, not an organization's.
+WORKSPACE_BACKENDS = env_list("AIRLOCK_WORKSPACE_BACKENDS", ["bubblewrap"])
+for _backend in (WORKSPACE_DEFAULT_BACKEND, *WORKSPACE_BACKENDS):
+    if _backend not in ("local", "bubblewrap"):
+        raise ImproperlyConfigured(
+            f"AIRLOCK_WORKSPACE_DEFAULT_BACKEND / AIRLOCK_WORKSPACE_BACKENDS name {_backend!r}: "
+            "use 'local' or 'bubblewrap'."
+        )
+# When Airlock runs as root, bubblewrap is started as this unprivileged host user (a root-started sandbox would be
+# host root to the kernel, e.g. for /proc/sys). Give it a user of its own; 65534 is `nobody`.
+SANDBOX_HOST_UID = env_int("AIRLOCK_SANDBOX_UID", 65534)
+if not 0 < SANDBOX_HOST_UID < 2**32 - 1:
+    raise ImproperlyConfigured(f"AIRLOCK_SANDBOX_UID={SANDBOX_HOST_UID}: use an unprivileged user id (not 0).")
 WORKSPACE_COMMAND_TIMEOUT_SECONDS = env_int("AIRLOCK_COMMAND_TIMEOUT_SECONDS", 120)
 WORKSPACE_OUTPUT_CAP_BYTES = env_int("AIRLOCK_COMMAND_OUTPUT_CAP_BYTES", 256 * 1024)
 

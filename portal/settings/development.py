@@ -36,3 +36,6 @@ AIRLOCK_ENCRYPTION_KEYS = env_list("AIRLOCK_ENCRYPTION_KEYS") or [
 AIRLOCK_AUDIT_SIGNING_KEY = env_str("AIRLOCK_AUDIT_SIGNING_KEY") or _persistent_secret(
     "audit_signing_key", _new_signing_key
 )
+# The embedded demo on a laptop: an organization without templates runs commands in a plain directory (not a
+# sandbox) unless told otherwise; `make run` gives the demo a bubblewrap template where the host can start one.
+WORKSPACE_DEFAULT_BACKEND = env_str("AIRLOCK_WORKSPACE_DEFAULT_BACKEND", "local")

@@ -13,6 +13,7 @@ from audit.models import AuditEvent
 from organizations.models import Role
 from tests.agents.conftest import start_and_run, wait_for_turn
 from tests.factories import LanguageModelFactory, OrganizationFactory, UserFactory, make_member
+from tests.sandbox import let_sandbox_reach
 from workspaces.models import Workspace, WorkspaceTemplate
 from workspaces.services import template_create
 
@@ -27,7 +28,8 @@ SANDBOX = "Debian tools in a bubblewrap sandbox, no network: for building and te
 
 @pytest.fixture
 def setup(simulator, settings, tmp_path):
-    settings.WORKSPACES_ROOT = tmp_path
+    settings.WORKSPACES_ROOT = let_sandbox_reach(tmp_path)
+    settings.WORKSPACE_BACKENDS = ["bubblewrap", "local"]
     org = OrganizationFactory(slug="acme")
     user = UserFactory(username="alice")
     make_member(org, user, Role.AGENTS_USER)
@@ -148,3 +150,59 @@ async def test_the_simulators_default_responder_starts_the_first_template_once_t
     assert [e["line"] for e in events if e["type"] == "command.output"] == ["first", "second"]
     answers = [e["text"] for e in events if e["type"] == "assistant.message" and e["text"].startswith("I ran")]
     assert [answer.split(".")[0] for answer in answers] == ["I ran `echo first`", "I ran `echo second`"]
+
+
+async def test_with_every_template_disabled_the_agent_gets_no_unsandboxed_fallback(setup, simulator):
+    org, user = setup
+    await WorkspaceTemplate.objects.filter(organization=org).aupdate(is_enabled=False)
+    simulator.enqueue(execute("id -u"), {"text": "ok"})
+
+    await start_and_run(user, org, "who am I")
+
+    told = simulator.requests[-1]["messages"][-1]
+    assert told["role"] == "tool" and "No workspace template of acme is enabled" in told["content"]
+    assert [tool["function"]["name"] for tool in simulator.requests[0]["tools"]] == ["execute"]
+    assert not await Workspace.objects.aexists()
+
+
+async def test_a_start_that_fails_is_audited_as_a_failed_workspace_creation(setup, simulator, settings):
+    org, user = setup
+    settings.WORKSPACE_BACKENDS = ["bubblewrap"]  # the operator withdrew the local backend after the template was made
+    simulator.enqueue(start("host-shell"), {"text": "ok"})
+
+    session, _ = await start_and_run(user, org, "start the host shell")
+
+    failed = await AuditEvent.objects.aget(action="workspace.created")
+    assert failed.outcome == "failure" and failed.session_id == str(session.pk)
+    assert "Template 'host-shell' cannot start" in failed.error and failed.data == {"template": "host-shell"}
+    assert "The workspace could not start" in simulator.requests[-1]["messages"][-1]["content"]
+
+
+async def test_starting_another_template_stops_the_first_workspace_and_says_so_in_the_audit_log(setup, simulator):
+    org, user = setup
+    simulator.enqueue(start("sandbox"), start("host-shell"), execute("echo moved"), {"text": "ok"})
+
+    session, events = await start_and_run(user, org, "switch")
+
+    started = [e["workspace_id"] for e in events if e["type"] == "workspace.started"]
+    first, second = [await Workspace.objects.aget(pk=pk) for pk in started]
+    assert (first.status, second.status) == ("stopped", "ready")
+    assert session.workspace_id == second.pk
+    stopped = await AuditEvent.objects.aget(action="workspace.stopped")
+    assert stopped.workspace_id == str(first.pk) and stopped.data == {
+        "reason": "replaced",
+        "replaced_by": str(second.pk),
+    }
+    command = await AuditEvent.objects.aget(action="workspace.command")
+    assert command.workspace_id == str(second.pk)
+
+
+async def test_each_model_call_records_the_tools_and_templates_it_was_offered(setup, simulator):
+    org, user = setup
+    simulator.enqueue({"text": "Nothing to run."})
+
+    await start_and_run(user, org, "hello")
+
+    call = await AuditEvent.objects.aget(action="model.call")
+    assert call.data["tools_offered"] == ["start_workspace", "execute"]
+    assert call.data["templates_offered"] == ["host-shell", "sandbox"]

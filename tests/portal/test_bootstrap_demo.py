@@ -8,6 +8,7 @@ from django.core.management import call_command
 import workspaces.backends.bubblewrap as bubblewrap
 from organizations.models import Organization
 from providers.models import LanguageModel
+from tests.sandbox import let_sandbox_reach
 from workspaces.models import WorkspaceTemplate
 
 
@@ -15,7 +16,7 @@ from workspaces.models import WorkspaceTemplate
 def no_vendor(monkeypatch, settings, tmp_path):
     for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
-    settings.WORKSPACES_ROOT = tmp_path / "workspaces"
+    settings.WORKSPACES_ROOT = let_sandbox_reach(tmp_path / "workspaces")
 
 
 @pytest.mark.django_db

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from organizations.models import Organization
+from tests.sandbox import let_sandbox_reach
 from workspaces.models import Workspace
 from workspaces.services import workspace_create
 
@@ -29,7 +30,7 @@ class Lines:
 @pytest.fixture(autouse=True)
 def workspaces_root(settings, tmp_path: Path) -> Path:
     """Every workspace directory of the test lives under tmp_path."""
-    root = tmp_path / "workspaces"
+    root = let_sandbox_reach(tmp_path / "workspaces")
     settings.WORKSPACES_ROOT = root
     return root
 

@@ -495,3 +495,46 @@ def test_sandbox_problem_explains_a_bwrap_that_cannot_start_a_sandbox(monkeypatc
 
 def test_sandbox_problem_is_none_where_bwrap_works(backend):
     assert bubblewrap.sandbox_problem() is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="what a root-started Airlock does: this run is not root")
+async def test_started_by_root_the_sandbox_is_an_unprivileged_host_user_not_root(backend, bare, lines, settings):
+    result = await run(
+        backend,
+        bare,
+        "echo made > owned; [ -w /proc/sys/vm/drop_caches ] && echo sysctl-writable; "
+        "[ -w /proc/sys/kernel/core_pattern ] && echo core-pattern-writable; echo checked",
+        lines,
+    )
+
+    assert result.exit_code == 0 and lines.lines == ["checked"]  # neither kernel setting is writable
+    owner = (Path(bare.directory) / "owned").stat().st_uid
+    assert owner == settings.SANDBOX_HOST_UID != 0
+
+
+async def test_a_command_cannot_make_a_user_namespace_of_its_own(backend, bare, lines):
+    result = await run(backend, bare, "unshare -Urm sh -c 'mount -t tmpfs none /tmp && echo mounted'", lines)
+
+    assert result.exit_code != 0 and "mounted" not in lines.lines
+
+
+def test_an_installation_under_a_bound_system_path_is_refused(backend, settings):
+    settings.WORKSPACES_ROOT = Path("/usr/local/airlock-test/workspaces")
+    workspace = unsaved_workspace()
+    workspace.directory = backend.directory_for(workspace)
+
+    assert "lies under /usr, which every sandbox sees" in bubblewrap.sandbox_problem()
+    with pytest.raises(SandboxUnavailable, match="Move it out of /usr"):
+        backend.prepare(workspace)
+    assert not Path("/usr/local/airlock-test").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox runs as another host user only when Airlock is root")
+def test_a_workspaces_root_the_sandbox_user_cannot_reach_is_named(backend, settings, tmp_path):
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    settings.WORKSPACES_ROOT = closed / "workspaces"
+
+    problem = bubblewrap.sandbox_problem()
+
+    assert f"{closed} lets only its owner in" in problem and f"chmod o+x {closed}" in problem

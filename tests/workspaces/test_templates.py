@@ -223,7 +223,8 @@ def test_lint_passes_sandboxed_templates_and_fails_on_twins(org, owner, capsys):
     assert "acme/python-2: error: has the same description as 'python'" in capsys.readouterr().out
 
 
-def test_lint_warns_of_the_local_backend_and_of_an_org_without_templates(org, owner, other_org, capsys):
+def test_lint_warns_of_the_local_backend_and_of_an_org_without_templates(org, owner, other_org, capsys, settings):
+    settings.WORKSPACE_BACKENDS = ["bubblewrap", "local"]
     template_create(actor=owner, organization=org, name="host", description="Runs on the host itself.", backend="local")
     call_command("templates", "lint")
     out = capsys.readouterr().out
@@ -241,3 +242,23 @@ def test_lint_fails_when_this_host_cannot_start_a_sandbox(org, owner, monkeypatc
     with pytest.raises(CommandError, match="1 error"):
         call_command("templates", "lint", "--org", "acme")
     assert "acme/python: error: bubblewrap is not installed on this host" in capsys.readouterr().out
+
+
+def test_only_the_operator_lets_templates_run_outside_the_sandbox(org, owner, settings):
+    with pytest.raises(ValidationError, match="does not let templates use the local backend") as refused:
+        template_create(
+            actor=owner, organization=org, name="host", description="The host's own shell.", backend="local"
+        )
+    assert "AIRLOCK_WORKSPACE_BACKENDS" in refused.value.message_dict["backend"][0]
+    answer = api(owner).post(
+        TEMPLATES, {"name": "host", "description": "The host's own shell.", "backend": "local"}, format="json"
+    )
+    assert answer.status_code == 400 and "AIRLOCK_WORKSPACE_BACKENDS" in answer.json()["backend"][0]
+
+    settings.WORKSPACE_BACKENDS = ["bubblewrap", "local"]
+    host = template_create(
+        actor=owner, organization=org, name="host", description="The host's own shell.", backend="local"
+    )
+    settings.WORKSPACE_BACKENDS = ["bubblewrap"]  # the operator takes it back: the template no longer starts
+    with pytest.raises(ValidationError, match="Template 'host' cannot start: This deployment does not let"):
+        workspace_create(actor=owner, organization=org, owner=owner, name="w", template=host)

@@ -95,3 +95,13 @@ def test_staff_without_the_role_read_but_cannot_change_and_foreign_rows_are_hidd
     assert not AuditEvent.objects.filter(action="template.updated").exists()
     assert browser.post(f"/admin/workspaces/workspacetemplate/{mine.pk}/delete/", {"post": "yes"}).status_code == 403
     assert WorkspaceTemplate.objects.filter(pk=mine.pk).exists()
+
+
+def test_the_organization_filter_names_only_the_staff_members_own_organizations(org, other_org, staff_owner):
+    template_create(actor=None, organization=org, name="python", description=DESCRIPTION)
+    template_create(actor=None, organization=other_org, name="secret-box", description=DESCRIPTION)
+
+    html = signed_in(staff_owner).get("/admin/workspaces/workspacetemplate/").content.decode()
+
+    assert "Acme" in html or "acme" in html
+    assert "globex" not in html.lower()

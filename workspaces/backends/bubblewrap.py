@@ -13,14 +13,24 @@ What a command inside sees and may do:
 - no network: the sandbox has its own network namespace with only its own loopback, so neither the
   host's services on 127.0.0.1 nor anything beyond can be reached;
 - its own user (uid and gid 1000, no capabilities), PID, IPC, UTS and cgroup namespaces: it cannot
-  see or signal the host's processes, and its host name is `workspace`;
+  see or signal the host's processes, and its host name is `workspace`; it cannot create further user
+  namespaces (`--disable-userns`), so it cannot mount file systems of its own;
+- on the host, an unprivileged user: when Airlock runs as root, bubblewrap is started as
+  `SANDBOX_HOST_UID` (`setpriv`), because a sandbox whose host uid is 0 is root to the kernel wherever
+  it checks the uid rather than capabilities (e.g. writing /proc/sys); the workspace directory then
+  belongs to that user and its parent folders are traverse-only (0711) so that bubblewrap reaches it;
 - the same scrubbed environment and the same output accounting as the local backend, and, when the
-  workspace has one, the memory limit (an address-space limit set before the sandbox starts).
+  workspace has one, the memory limit: an address-space limit on each process (not on their sum), set
+  before the sandbox starts.
+
+Refused (`sandbox_problem`): an installation, data folder or workspaces root under a path the sandbox
+binds (/usr, the /etc files above): every sandbox would see every workspace and the database there.
 
 Every process a command starts lives in the sandbox's PID namespace, which ends with the command:
 bubblewrap's `--die-with-parent` kills it when the command's process group is stopped at the
-timeout, so nothing escapes by starting its own session. A fork bomb is bounded only by the timeout
-(bubblewrap sets no process or CPU limits; a cgroup per workspace belongs to a container backend).
+timeout, so nothing escapes by starting its own session. A fork bomb is bounded only by the timeout,
+and /workspace only by the disk (bubblewrap sets no process, CPU or disk limits; a cgroup and a quota per
+workspace belong to a container backend).
 
 Needs Debian's `bubblewrap` package and unprivileged user namespaces (the kernel's default on Debian).
 """
@@ -43,6 +53,7 @@ if TYPE_CHECKING:
     from workspaces.models import Workspace
 
 BWRAP = "bwrap"
+SETPRIV = "/usr/bin/setpriv"  # util-linux, on every Debian system
 SANDBOX_HOME = "/workspace"
 SANDBOX_UID = 1000
 TMP_SIZE_BYTES = 256 * 1024 * 1024
@@ -63,10 +74,28 @@ def _bwrap_path() -> str | None:
     return shutil.which(BWRAP)
 
 
+def host_uid() -> int | None:
+    """The unprivileged host user bubblewrap runs as when Airlock runs as root; None when Airlock is not root."""
+    return settings.SANDBOX_HOST_UID if os.geteuid() == 0 else None
+
+
+def _as_host_user() -> list[str]:
+    uid = host_uid()
+    return [] if uid is None else [SETPRIV, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+
+
+def _traversable(folder: Path) -> None:
+    """Let the unprivileged sandbox user pass through (not list) a folder of Airlock's, when Airlock is root."""
+    if host_uid() is not None and folder.stat().st_mode & 0o711 != 0o711:
+        folder.chmod(folder.stat().st_mode & 0o7777 | 0o711)
+
+
 def _etc_files() -> Path:
     """A read-only passwd and group naming the sandbox user, written once under the workspaces root."""
-    folder = Path(settings.WORKSPACES_ROOT).absolute() / ".sandbox-etc"
+    root = Path(settings.WORKSPACES_ROOT).absolute()
+    folder = root / ".sandbox-etc"
     folder.mkdir(mode=0o755, parents=True, exist_ok=True)
+    _traversable(root)
     for name, text in (("passwd", PASSWD), ("group", GROUP)):
         path = folder / name
         if not path.exists() or path.read_text() != text:
@@ -92,6 +121,8 @@ def sandbox_arguments(directory: str) -> list[str]:
     etc = _etc_files()
     arguments = [
         "--unshare-all",
+        "--unshare-user",
+        "--disable-userns",
         "--die-with-parent",
         "--new-session",
         "--cap-drop",
@@ -142,6 +173,41 @@ def sandbox_arguments(directory: str) -> list[str]:
     return arguments
 
 
+def exposure_problem() -> str | None:
+    """Why every sandbox would see Airlock's own files (they lie under a path it binds); None when they do not."""
+    bound = [Path("/usr"), *(Path(path) for path in READ_ONLY_ETC)]
+    for what, path in (
+        ("AIRLOCK_WORKSPACES_ROOT", settings.WORKSPACES_ROOT),
+        ("AIRLOCK_DATA_DIR", settings.DATA_DIR),
+        ("Airlock's installation", settings.BASE_DIR),
+    ):
+        resolved = Path(path).resolve()
+        for system in bound:
+            if resolved.is_relative_to(system):
+                return (
+                    f"{what} ({resolved}) lies under {system}, which every sandbox sees read-only: every workspace "
+                    f"could read the others and the database there. Move it out of {system}."
+                )
+    return None
+
+
+def reach_problem() -> str | None:
+    """Why the sandbox's host user could not reach the workspaces root (a folder above it shuts others out)."""
+    uid = host_uid()
+    if uid is None:
+        return None
+    root = Path(settings.WORKSPACES_ROOT).absolute()
+    for folder in root.parents:
+        mode = folder.stat().st_mode
+        if not mode & 0o001:
+            return (
+                f"The sandbox's host user (uid {uid}, AIRLOCK_SANDBOX_UID) cannot reach AIRLOCK_WORKSPACES_ROOT "
+                f"({root}): {folder} lets only its owner in. Let others pass through it (chmod o+x {folder}) "
+                "or put the workspaces root elsewhere."
+            )
+    return None
+
+
 def sandbox_problem() -> str | None:
     """Why a sandbox cannot start on this host, in words an operator can act on; None when one can."""
     path = _bwrap_path()
@@ -150,11 +216,13 @@ def sandbox_problem() -> str | None:
             "bubblewrap is not installed on this host: install Debian's `bubblewrap` package "
             "(apt-get install bubblewrap)."
         )
-    root = Path(settings.WORKSPACES_ROOT).absolute()
+    unsafe = exposure_problem() or reach_problem()
+    if unsafe:
+        return unsafe
     try:
-        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        probe = _etc_files()  # any folder the sandbox user may read serves as the probe's /workspace
         completed = subprocess.run(
-            [path, *sandbox_arguments(str(root)), "/bin/sh", "-c", "true"],
+            [*_as_host_user(), path, *sandbox_arguments(str(probe)), "/bin/sh", "-c", "true"],
             env={"PATH": "/usr/bin:/bin"},
             stdin=subprocess.DEVNULL,
             capture_output=True,
@@ -178,18 +246,44 @@ class BubblewrapBackend(LocalBackend):
     name = "bubblewrap"
 
     def prepare(self, workspace: Workspace) -> None:
-        """Refuse at once on a host without bubblewrap; then create the directory as the local backend does."""
+        """Refuse at once where no safe sandbox can start; create the directory, owned by the sandbox's host user."""
+        self._refuse_unsafe()
+        super().prepare(workspace)
+        self._hand_over(Path(workspace.directory or self.directory_for(workspace)))
+
+    @staticmethod
+    def _refuse_unsafe() -> None:
         if _bwrap_path() is None:
             raise SandboxUnavailable(sandbox_problem() or "bubblewrap is not installed on this host.")
-        super().prepare(workspace)
+        unsafe = exposure_problem() or reach_problem()
+        if unsafe:
+            raise SandboxUnavailable(unsafe)
+
+    @staticmethod
+    def _hand_over(directory: Path) -> None:
+        """When Airlock is root: the directory belongs to the sandbox's host user, its parents are traversable."""
+        uid = host_uid()
+        if uid is None:
+            return
+        _traversable(directory.parent)
+        _traversable(directory.parent.parent)
+        if directory.stat().st_uid != uid:
+            os.chown(directory, uid, uid)
 
     def environment(self, directory: str) -> dict[str, str]:
         """The local backend's scrubbed environment, with HOME at the sandbox's /workspace."""
         return {**super().environment(directory), "HOME": SANDBOX_HOME}
 
     def command_line(self, workspace: Workspace, directory: str, command: str) -> list[str]:
-        """prlimit (for a memory limit), then bwrap around the workspace, then the shell."""
-        path = _bwrap_path()
-        if path is None:
-            raise SandboxUnavailable(sandbox_problem() or "bubblewrap is not installed on this host.")
-        return [*memory_limit_prefix(workspace), path, *sandbox_arguments(directory), "/bin/sh", "-c", command]
+        """prlimit (for a memory limit), setpriv (when Airlock is root), bwrap around the workspace, the shell."""
+        self._refuse_unsafe()
+        self._hand_over(Path(directory))
+        return [
+            *memory_limit_prefix(workspace),
+            *_as_host_user(),
+            str(_bwrap_path()),
+            *sandbox_arguments(directory),
+            "/bin/sh",
+            "-c",
+            command,
+        ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
@@ -64,7 +65,21 @@ def _clean_backend(backend: Any) -> str:
         raise ValidationError(
             {"backend": f"Unknown backend {backend!r}: use one of {', '.join(WorkspaceBackend.values)}."}
         )
+    refusal = backend_refusal(str(backend))
+    if refusal:
+        raise ValidationError({"backend": refusal})
     return str(backend)
+
+
+def backend_refusal(backend: str) -> str | None:
+    """Why this deployment does not let templates use `backend` (`WORKSPACE_BACKENDS`); None when it does."""
+    if backend in settings.WORKSPACE_BACKENDS:
+        return None
+    allowed = ", ".join(settings.WORKSPACE_BACKENDS) or "none"
+    return (
+        f"This deployment does not let templates use the {backend} backend (allowed: {allowed}); its operator "
+        "decides that in AIRLOCK_WORKSPACE_BACKENDS."
+    )
 
 
 def _clean_limit(field: str, value: Any) -> int | None:

@@ -22,6 +22,7 @@ from organizations.models import Organization
 from organizations.permissions import has_permission, require_permission, roles_for
 from workspaces.backends import ExecutionError, ExecutionResult, OutputCallback, get_backend
 from workspaces.models import CommandRun, Workspace, WorkspaceStatus, WorkspaceTemplate
+from workspaces.services.templates import backend_refusal
 
 NAME_MAX_LENGTH = Workspace._meta.get_field("name").max_length
 # The limits a workspace takes from its template (None: the deployment's default).
@@ -91,6 +92,9 @@ def workspace_create(
         template = current.first()
         if template is None:
             raise ValidationError({"template": f"No enabled template {template_name!r} in {organization.slug}."})
+        refusal = backend_refusal(template.backend)
+        if refusal:
+            raise ValidationError({"template": f"Template {template.name!r} cannot start: {refusal}"})
     backend = get_backend(template.backend if template is not None else settings.WORKSPACE_DEFAULT_BACKEND)
     workspace = Workspace(organization=organization, owner=owner, name=name, backend=backend.name, template=template)
     if template is not None:

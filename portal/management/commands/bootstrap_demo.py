@@ -6,6 +6,7 @@ import os
 import secrets
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
@@ -119,10 +120,12 @@ class Command(BaseCommand):
             return ""
         problem = sandbox_problem()
         if problem is not None:
-            return (
-                f"No workspace sandbox on this host ({problem}) The demo agent runs its commands in a plain "
-                "directory (the local backend: not a sandbox)."
+            where = (
+                "in a plain directory (the local backend: not a sandbox)"
+                if settings.WORKSPACE_DEFAULT_BACKEND == "local"
+                else "nowhere until bubblewrap can start"
             )
+            return f"No workspace sandbox on this host ({problem}) The demo agent runs its commands {where}."
         template_create(
             actor=actor, organization=organization, name=DEMO_TEMPLATE, description=DEMO_TEMPLATE_DESCRIPTION
         )

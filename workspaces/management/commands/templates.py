@@ -49,7 +49,7 @@ class Command(BaseCommand):
         add.add_argument("--backend", default=WorkspaceBackend.BUBBLEWRAP, choices=WorkspaceBackend.values)
         add.add_argument("--timeout", metavar="SECONDS", help="Longest a command may run.")
         add.add_argument("--output-cap", metavar="BYTES", help="Output kept per command.")
-        add.add_argument("--memory-mb", metavar="MB", help="Address-space limit of each command.")
+        add.add_argument("--memory-mb", metavar="MB", help="Address-space limit of each process of a command.")
         add.add_argument("--disabled", action="store_true", help="Add it disabled (agents do not see it).")
 
         listing = subcommands.add_parser("list", help="List the organization's templates.")
