@@ -8,7 +8,7 @@ from pathlib import Path
 
 def let_sandbox_reach(root: Path) -> Path:
     """Make every folder above `root` traversable by others (pytest makes its base folder owner-only); as root only,
-    where bubblewrap runs as the unprivileged AIRLOCK_SANDBOX_UID."""
+    where bubblewrap runs as an unprivileged per-organization host user."""
     if os.geteuid() == 0:
         for folder in Path(root).absolute().parents:
             mode = folder.stat().st_mode

@@ -278,11 +278,15 @@ for _backend in (WORKSPACE_DEFAULT_BACKEND, *WORKSPACE_BACKENDS):
             f"AIRLOCK_WORKSPACE_DEFAULT_BACKEND / AIRLOCK_WORKSPACE_BACKENDS name {_backend!r}: "
             "use 'local' or 'bubblewrap'."
         )
-# When Airlock runs as root, bubblewrap is started as this unprivileged host user (a root-started sandbox would be
-# host root to the kernel, e.g. for /proc/sys). Give it a user of its own; 65534 is `nobody`.
-SANDBOX_HOST_UID = env_int("AIRLOCK_SANDBOX_UID", 65534)
-if not 0 < SANDBOX_HOST_UID < 2**32 - 1:
-    raise ImproperlyConfigured(f"AIRLOCK_SANDBOX_UID={SANDBOX_HOST_UID}: use an unprivileged user id (not 0).")
+# When Airlock runs as root, an organization's sandboxes run as the unprivileged host user (and group)
+# SANDBOX_UID_BASE + the organization's id: a root-started sandbox would be host root to the kernel (e.g. for
+# /proc/sys), and one uid per tenant keeps tenants' files, keyrings and per-user kernel limits apart. The default
+# lies above the ranges Debian, systemd and container tools hand out; keep that range free of real users.
+SANDBOX_UID_BASE = env_int("AIRLOCK_SANDBOX_UID_BASE", 2_000_000_000)
+if not 1000 <= SANDBOX_UID_BASE <= 4_000_000_000:
+    raise ImproperlyConfigured(
+        f"AIRLOCK_SANDBOX_UID_BASE={SANDBOX_UID_BASE}: use an unprivileged range (1000 to 4,000,000,000)."
+    )
 WORKSPACE_COMMAND_TIMEOUT_SECONDS = env_int("AIRLOCK_COMMAND_TIMEOUT_SECONDS", 120)
 WORKSPACE_OUTPUT_CAP_BYTES = env_int("AIRLOCK_COMMAND_OUTPUT_CAP_BYTES", 256 * 1024)
 

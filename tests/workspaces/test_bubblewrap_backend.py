@@ -12,12 +12,14 @@ import secrets
 import shutil
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.sandbox import let_sandbox_reach
 from tests.workspaces.conftest import Lines, unsaved_workspace
 from workspaces.backends import ExecutionError, bubblewrap, get_backend
 from workspaces.backends.bubblewrap import PASSWD, TMP_SIZE_BYTES, BubblewrapBackend, SandboxUnavailable
@@ -509,7 +511,7 @@ async def test_started_by_root_the_sandbox_is_an_unprivileged_host_user_not_root
 
     assert result.exit_code == 0 and lines.lines == ["checked"]  # neither kernel setting is writable
     owner = (Path(bare.directory) / "owned").stat().st_uid
-    assert owner == settings.SANDBOX_HOST_UID != 0
+    assert owner == settings.SANDBOX_UID_BASE + bare.organization_id
 
 
 async def test_a_command_cannot_make_a_user_namespace_of_its_own(backend, bare, lines):
@@ -537,4 +539,77 @@ def test_a_workspaces_root_the_sandbox_user_cannot_reach_is_named(backend, setti
 
     problem = bubblewrap.sandbox_problem()
 
-    assert f"{closed} lets only its owner in" in problem and f"chmod o+x {closed}" in problem
+    assert f"{closed} lets only its owner in" in problem and "away from Airlock's data" in problem
+
+
+def test_folders_above_the_root_that_do_not_exist_yet_are_no_problem(backend, settings, tmp_path):
+    settings.WORKSPACES_ROOT = let_sandbox_reach(tmp_path / "later") / "not" / "yet" / "workspaces"
+
+    assert bubblewrap.sandbox_problem() is None
+    assert prepared(backend).directory.startswith(str(tmp_path / "later" / "not" / "yet"))
+
+
+KEYRING_PROBE = """
+import ctypes, platform
+libc = ctypes.CDLL(None, use_errno=True)
+numbers = {"x86_64": (248, 250), "aarch64": (217, 219)}[platform.machine()]
+add_key, keyctl = numbers
+key = libc.syscall(add_key, b"user", b"airlock-probe", b"secret", 6, -3)  # into the session keyring
+print("add_key", key, ctypes.get_errno())
+found = libc.syscall(keyctl, 0, -3, 0)  # KEYCTL_GET_KEYRING_ID of the session keyring
+print("keyctl", found, ctypes.get_errno())
+"""
+
+
+async def test_kernel_keyrings_are_out_of_reach(backend, bare, lines):
+    result = await run(backend, bare, f"python3 -c '{KEYRING_PROBE}'", lines)
+
+    assert result.exit_code == 0, result.output
+    assert lines.lines == ["add_key -1 1", "keyctl -1 1"]  # both refused with EPERM by the seccomp filter
+
+
+async def test_dev_stdout_and_dev_stderr_can_be_written(backend, bare, lines):
+    result = await run(
+        backend, bare, "echo out > /dev/stdout; echo err > /dev/stderr; echo piped | tee /dev/stderr", lines
+    )
+
+    assert result.exit_code == 0, result.output
+    assert lines.lines == ["out", "err", "piped", "piped"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="per-organization host users exist only when Airlock is root")
+async def test_each_organization_runs_as_its_own_host_user_behind_a_folder_only_it_may_pass(backend, lines, settings):
+    first, second = prepared(backend, organization_id=1), prepared(backend, organization_id=2)
+
+    for workspace in (first, second):
+        await run(backend, workspace, "echo mine > owned", lines)
+
+    owners = [(Path(w.directory) / "owned").stat().st_uid for w in (first, second)]
+    assert owners == [settings.SANDBOX_UID_BASE + 1, settings.SANDBOX_UID_BASE + 2]
+    folder = Path(first.directory).parent.stat()
+    assert (folder.st_uid, folder.st_gid, folder.st_mode & 0o7777) == (0, settings.SANDBOX_UID_BASE + 1, 0o710)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another host user")
+async def test_a_setuid_program_planted_in_a_workspace_is_out_of_reach_of_other_host_users(backend, bare, lines):
+    await run(backend, bare, "cp /usr/bin/cat c && chmod 4755 c && echo secret > s && chmod 0711 /workspace", lines)
+    planted = Path(bare.directory) / "c"
+    assert planted.stat().st_mode & 0o4000  # the sandbox could set it; mounted nosuid only inside
+
+    outsider = subprocess.run(  # noqa: ASYNC221 - a one-off check from outside the sandbox
+        [
+            "setpriv",
+            "--reuid=12345",
+            "--regid=12345",
+            "--clear-groups",
+            "--",
+            str(planted),
+            str(Path(bare.directory) / "s"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert outsider.returncode != 0 and "secret" not in outsider.stdout
+    assert "Permission denied" in outsider.stderr

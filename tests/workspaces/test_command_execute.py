@@ -179,3 +179,16 @@ async def test_binary_output_is_stored_in_the_audit_trail_and_the_chain_verifies
     for event in events:
         assert event.hash == chain_hash(event.prev_hash, event_document(event))
     assert events[-2].data["output_head"] == "a\ufffdb\ufffd\n"
+
+
+async def test_a_workspace_whose_backend_the_operator_withdrew_runs_nothing_more(workspace, owner, lines, settings):
+    assert workspace.backend == "local"  # started when the deployment's default was the local backend
+    settings.WORKSPACE_DEFAULT_BACKEND = "bubblewrap"
+    settings.WORKSPACE_BACKENDS = ["bubblewrap"]
+
+    with pytest.raises(PermissionDenied, match="no longer allows"):
+        await command_execute(workspace=workspace, command="id -u", actor=owner, on_line=lines)
+
+    refused = await AuditEvent.objects.aget(action="workspace.command")
+    assert refused.outcome == "denied" and "start a new workspace" in refused.error
+    assert lines.lines == []

@@ -15,10 +15,13 @@ What a command inside sees and may do:
 - its own user (uid and gid 1000, no capabilities), PID, IPC, UTS and cgroup namespaces: it cannot
   see or signal the host's processes, and its host name is `workspace`; it cannot create further user
   namespaces (`--disable-userns`), so it cannot mount file systems of its own;
-- on the host, an unprivileged user: when Airlock runs as root, bubblewrap is started as
-  `SANDBOX_HOST_UID` (`setpriv`), because a sandbox whose host uid is 0 is root to the kernel wherever
-  it checks the uid rather than capabilities (e.g. writing /proc/sys); the workspace directory then
-  belongs to that user and its parent folders are traverse-only (0711) so that bubblewrap reaches it;
+- on the host, an unprivileged user of its organization's own: when Airlock runs as root, bubblewrap is
+  started (`setpriv`) as uid and gid `SANDBOX_UID_BASE` + the organization's id, because a sandbox whose
+  host uid is 0 is root to the kernel wherever it checks the uid rather than capabilities (e.g. writing
+  /proc/sys), and one uid per tenant keeps tenants' files, keyrings and per-user limits apart. The
+  workspace directory belongs to that user, the organization's folder is root's with that group (0710),
+  the workspaces root is traverse-only (0711);
+- a seccomp filter refusing the kernel keyrings and other kernel surface no command needs (DENIED_SYSCALLS);
 - the same scrubbed environment and the same output accounting as the local backend, and, when the
   workspace has one, the memory limit: an address-space limit on each process (not on their sum), set
   before the sandbox starts.
@@ -37,10 +40,12 @@ Needs Debian's `bubblewrap` package and unprivileged user namespaces (the kernel
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -63,6 +68,19 @@ READ_ONLY_ETC = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/e
 PASSWD = f"sandbox:x:{SANDBOX_UID}:{SANDBOX_UID}:Airlock workspace:{SANDBOX_HOME}:/bin/sh\n"
 GROUP = f"sandbox:x:{SANDBOX_UID}:\n"
 CHECK_TIMEOUT_SECONDS = 10
+# Refused inside the sandbox (EPERM), as container runtimes' default profiles refuse them: kernel keyrings (shared
+# per host user and with the server's session keyring), and kernel attack surface no command needs.
+DENIED_SYSCALLS = (
+    "keyctl",
+    "add_key",
+    "request_key",
+    "bpf",
+    "perf_event_open",
+    "userfaultfd",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+)
 
 
 class SandboxUnavailable(ExecutionError):
@@ -74,20 +92,62 @@ def _bwrap_path() -> str | None:
     return shutil.which(BWRAP)
 
 
-def host_uid() -> int | None:
-    """The unprivileged host user bubblewrap runs as when Airlock runs as root; None when Airlock is not root."""
-    return settings.SANDBOX_HOST_UID if os.geteuid() == 0 else None
+def host_uid(organization_id: int) -> int | None:
+    """The unprivileged host user (and group) the organization's sandboxes run as when Airlock runs as root:
+    `SANDBOX_UID_BASE` + the organization's id, so that no two tenants share a uid (nor its keyrings, per-user
+    kernel limits or files); None when Airlock is not root (bubblewrap then runs as Airlock's own user)."""
+    return settings.SANDBOX_UID_BASE + organization_id if os.geteuid() == 0 else None
 
 
-def _as_host_user() -> list[str]:
-    uid = host_uid()
+def _as_host_user(organization_id: int) -> list[str]:
+    uid = host_uid(organization_id)
     return [] if uid is None else [SETPRIV, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
 
 
 def _traversable(folder: Path) -> None:
-    """Let the unprivileged sandbox user pass through (not list) a folder of Airlock's, when Airlock is root."""
-    if host_uid() is not None and folder.stat().st_mode & 0o711 != 0o711:
+    """Let every sandbox user pass through (not list) the workspaces root, when Airlock is root."""
+    if os.geteuid() == 0 and folder.stat().st_mode & 0o711 != 0o711:
         folder.chmod(folder.stat().st_mode & 0o7777 | 0o711)
+
+
+def _organization_folder(folder: Path, organization_id: int) -> None:
+    """An organization's folder: root's, passable only by that organization's sandbox group (0710)."""
+    uid = host_uid(organization_id)
+    if uid is None:
+        return
+    status = folder.stat()
+    if status.st_uid != 0 or status.st_gid != uid:
+        os.chown(folder, 0, uid)
+    if status.st_mode & 0o7777 != 0o710:
+        folder.chmod(0o710)
+
+
+@functools.cache
+def _seccomp_filter() -> bytes:
+    """The compiled seccomp program: the syscalls in DENIED_SYSCALLS fail with EPERM, everything else is allowed."""
+    import pyseccomp as seccomp
+
+    rules = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
+    for name in DENIED_SYSCALLS:
+        rules.add_rule(seccomp.ERRNO(errno.EPERM), name)
+    with tempfile.TemporaryFile() as compiled:
+        rules.export_bpf(compiled)
+        compiled.seek(0)
+        return compiled.read()
+
+
+def _seccomp_fd() -> int:
+    """A file descriptor holding the compiled filter, for `bwrap --seccomp` (the caller closes it)."""
+    try:
+        program = _seccomp_filter()
+    except (ImportError, OSError, RuntimeError, ValueError) as exc:
+        raise SandboxUnavailable(
+            f"The sandbox's seccomp filter could not be compiled ({exc}): install Debian's `libseccomp2` package."
+        ) from exc
+    fd = os.memfd_create("airlock-seccomp", os.MFD_CLOEXEC)
+    os.write(fd, program)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
 def _etc_files() -> Path:
@@ -116,10 +176,12 @@ def _system_mounts() -> list[str]:
     return arguments
 
 
-def sandbox_arguments(directory: str) -> list[str]:
+def sandbox_arguments(directory: str, *, seccomp_fd: int) -> list[str]:
     """bubblewrap's arguments for a sandbox around `directory` (see the module docstring)."""
     etc = _etc_files()
     arguments = [
+        "--seccomp",
+        str(seccomp_fd),
         "--unshare-all",
         "--unshare-user",
         "--disable-userns",
@@ -192,18 +254,17 @@ def exposure_problem() -> str | None:
 
 
 def reach_problem() -> str | None:
-    """Why the sandbox's host user could not reach the workspaces root (a folder above it shuts others out)."""
-    uid = host_uid()
-    if uid is None:
+    """Why the sandboxes' host users could not reach the workspaces root (a folder above it shuts others out)."""
+    if os.geteuid() != 0:
         return None
     root = Path(settings.WORKSPACES_ROOT).absolute()
     for folder in root.parents:
-        mode = folder.stat().st_mode
-        if not mode & 0o001:
+        if folder.exists() and not folder.stat().st_mode & 0o001:
             return (
-                f"The sandbox's host user (uid {uid}, AIRLOCK_SANDBOX_UID) cannot reach AIRLOCK_WORKSPACES_ROOT "
-                f"({root}): {folder} lets only its owner in. Let others pass through it (chmod o+x {folder}) "
-                "or put the workspaces root elsewhere."
+                f"The sandboxes' host users (uid AIRLOCK_SANDBOX_UID_BASE + organization id) cannot reach "
+                f"AIRLOCK_WORKSPACES_ROOT ({root}): {folder} lets only its owner in. Put the workspaces root in a "
+                "folder whose parents let others pass through, away from Airlock's data (e.g. /var/lib/airlock-"
+                f"workspaces), or let others pass through {folder} (chmod o+x) if nothing readable lies there."
             )
     return None
 
@@ -220,16 +281,28 @@ def sandbox_problem() -> str | None:
     if unsafe:
         return unsafe
     try:
-        probe = _etc_files()  # any folder the sandbox user may read serves as the probe's /workspace
-        completed = subprocess.run(
-            [*_as_host_user(), path, *sandbox_arguments(str(probe)), "/bin/sh", "-c", "true"],
-            env={"PATH": "/usr/bin:/bin"},
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=CHECK_TIMEOUT_SECONDS,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        probe = _etc_files()  # any folder every sandbox user may read serves as the probe's /workspace
+        seccomp_fd = _seccomp_fd()
+        try:
+            completed = subprocess.run(
+                [
+                    *_as_host_user(0),
+                    path,
+                    *sandbox_arguments(str(probe), seccomp_fd=seccomp_fd),
+                    "/bin/sh",
+                    "-c",
+                    "true",
+                ],
+                env={"PATH": "/usr/bin:/bin"},
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=CHECK_TIMEOUT_SECONDS,
+                check=False,
+                pass_fds=(seccomp_fd,),
+            )
+        finally:
+            os.close(seccomp_fd)
+    except (OSError, RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
         return f"bubblewrap could not start a sandbox: {exc}."
     if completed.returncode != 0:
         reason = completed.stderr.decode("utf-8", "replace").strip() or f"exit status {completed.returncode}"
@@ -249,7 +322,7 @@ class BubblewrapBackend(LocalBackend):
         """Refuse at once where no safe sandbox can start; create the directory, owned by the sandbox's host user."""
         self._refuse_unsafe()
         super().prepare(workspace)
-        self._hand_over(Path(workspace.directory or self.directory_for(workspace)))
+        self._hand_over(Path(workspace.directory or self.directory_for(workspace)), workspace.organization_id)
 
     @staticmethod
     def _refuse_unsafe() -> None:
@@ -260,30 +333,38 @@ class BubblewrapBackend(LocalBackend):
             raise SandboxUnavailable(unsafe)
 
     @staticmethod
-    def _hand_over(directory: Path) -> None:
-        """When Airlock is root: the directory belongs to the sandbox's host user, its parents are traversable."""
-        uid = host_uid()
+    def _hand_over(directory: Path, organization_id: int) -> None:
+        """When Airlock is root: the directory belongs to the organization's sandbox user; the organization's folder
+        lets only that user's group pass, the workspaces root lets every sandbox user pass."""
+        uid = host_uid(organization_id)
         if uid is None:
             return
-        _traversable(directory.parent)
         _traversable(directory.parent.parent)
-        if directory.stat().st_uid != uid:
+        _organization_folder(directory.parent, organization_id)
+        status = directory.stat()
+        if status.st_uid != uid or status.st_gid != uid:
             os.chown(directory, uid, uid)
 
     def environment(self, directory: str) -> dict[str, str]:
         """The local backend's scrubbed environment, with HOME at the sandbox's /workspace."""
         return {**super().environment(directory), "HOME": SANDBOX_HOME}
 
-    def command_line(self, workspace: Workspace, directory: str, command: str) -> list[str]:
-        """prlimit (for a memory limit), setpriv (when Airlock is root), bwrap around the workspace, the shell."""
+    def launch(self, workspace: Workspace, directory: str, command: str, output_fd: int) -> tuple[list[str], list[int]]:
+        """prlimit (for a memory limit), setpriv (when Airlock is root), bwrap with the seccomp filter around the
+        workspace, the shell. The output pipe goes to the sandbox's host user, so `/dev/stdout` opens inside."""
         self._refuse_unsafe()
-        self._hand_over(Path(directory))
-        return [
+        self._hand_over(Path(directory), workspace.organization_id)
+        uid = host_uid(workspace.organization_id)
+        if uid is not None:
+            os.fchown(output_fd, uid, uid)
+        seccomp_fd = _seccomp_fd()
+        argv = [
             *memory_limit_prefix(workspace),
-            *_as_host_user(),
+            *_as_host_user(workspace.organization_id),
             str(_bwrap_path()),
-            *sandbox_arguments(directory),
+            *sandbox_arguments(directory, seccomp_fd=seccomp_fd),
             "/bin/sh",
             "-c",
             command,
         ]
+        return argv, [seccomp_fd]

@@ -167,6 +167,12 @@ class LocalBackend(ExecutionBackend):
         """The program and arguments that run `command`: the shell, under the workspace's memory limit if any."""
         return [*memory_limit_prefix(workspace), SHELL, "-c", command]
 
+    def launch(self, workspace: Workspace, directory: str, command: str, output_fd: int) -> tuple[list[str], list[int]]:
+        """What to start for one command: its arguments, and descriptors it inherits (closed here after the start).
+
+        `output_fd` is the write end of the command's output pipe."""
+        return self.command_line(workspace, directory, command), []
+
     async def run(
         self,
         *,
@@ -182,14 +188,20 @@ class LocalBackend(ExecutionBackend):
             raise ExecutionError(
                 f"The directory of workspace {workspace.name!r} ({directory}) is missing: create a new workspace."
             )
-        argv = self.command_line(workspace, directory, command)
         loop = asyncio.get_running_loop()
         sink = _OutputSink(cap=output_cap, on_line=on_line)
         started = time.monotonic()
         read_fd, write_fd = os.pipe()
         try:
+            argv, inherited = self.launch(workspace, directory, command, write_fd)
+        except BaseException:
+            os.close(read_fd)
+            os.close(write_fd)
+            raise
+        try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
+                pass_fds=inherited,
                 cwd=directory,
                 env=self.environment(directory),
                 stdin=asyncio.subprocess.DEVNULL,
@@ -203,6 +215,8 @@ class LocalBackend(ExecutionBackend):
             raise ExecutionError(f"Could not start the command in workspace {workspace.name!r}: {reason}.") from exc
         finally:
             os.close(write_fd)
+            for fd in inherited:
+                os.close(fd)
         waiter = asyncio.create_task(process.wait())
         transport: asyncio.ReadTransport | None = None
         pump: asyncio.Task | None = None

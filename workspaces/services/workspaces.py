@@ -144,24 +144,38 @@ def _may_run_commands(person: AbstractBaseUser, workspace: Workspace) -> bool:
     return has_permission(person, organization, "org.manage")
 
 
+def _command_deny(*, workspace: Workspace, command: str, actor: Actor, directory: str, message: str) -> None:
+    """Audit a refused command (outcome denied) in its own transaction, then refuse it."""
+    with transaction.atomic():
+        audit.record(
+            action="workspace.command",
+            actor=actor,
+            organization=workspace.organization,
+            target=workspace,
+            workspace_id=workspace.id,
+            session_id=_session_id(actor),
+            outcome=Outcome.DENIED,
+            error=message,
+            data={"command": command, "working_directory": directory},
+        )
+    raise PermissionDenied(message)
+
+
 def _command_authorize(*, workspace: Workspace, command: str, actor: Actor, directory: str) -> None:
-    """Refuse (and audit the refusal of) a command the actor may not run; refuse a stopped workspace."""
+    """Refuse (and audit the refusal of) a command the actor may not run, or one in a workspace whose backend the
+    operator withdrew; refuse a stopped workspace."""
     person = _person(actor)
+    refusal = ""
     if person is not None and not _may_run_commands(person, workspace):
-        message = f"{person.get_username()} may not run commands in workspace {workspace.name!r}."
-        with transaction.atomic():
-            audit.record(
-                action="workspace.command",
-                actor=actor,
-                organization=workspace.organization,
-                target=workspace,
-                workspace_id=workspace.id,
-                session_id=_session_id(actor),
-                outcome=Outcome.DENIED,
-                error=message,
-                data={"command": command, "working_directory": directory},
-            )
-        raise PermissionDenied(message)
+        refusal = f"{person.get_username()} may not run commands in workspace {workspace.name!r}."
+    elif workspace.backend not in {*settings.WORKSPACE_BACKENDS, settings.WORKSPACE_DEFAULT_BACKEND}:
+        # Started before the operator withdrew its backend (e.g. `local`, not a sandbox): it runs nothing more.
+        refusal = (
+            f"Workspace {workspace.name!r} runs on the {workspace.backend} backend, which this deployment no longer "
+            "allows (AIRLOCK_WORKSPACE_BACKENDS): start a new workspace."
+        )
+    if refusal:
+        _command_deny(workspace=workspace, command=command, actor=actor, directory=directory, message=refusal)
     if workspace.status != WorkspaceStatus.READY:
         raise ValidationError(f"Workspace {workspace.name!r} is {workspace.status}: run the command in a ready one.")
 
