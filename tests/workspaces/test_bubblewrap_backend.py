@@ -613,3 +613,13 @@ async def test_a_setuid_program_planted_in_a_workspace_is_out_of_reach_of_other_
 
     assert outsider.returncode != 0 and "secret" not in outsider.stdout
     assert "Permission denied" in outsider.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="per-organization host users exist only when Airlock is root")
+def test_an_organization_id_past_the_last_host_uid_is_refused_not_wrapped(backend, settings):
+    settings.SANDBOX_UID_BASE = 2**32 - 10
+    workspace = unsaved_workspace(organization_id=9)  # base + 9 = 2**32 - 1: chown's "leave unchanged"
+    workspace.directory = backend.directory_for(workspace)
+
+    with pytest.raises(SandboxUnavailable, match="lower the base"):
+        backend.prepare(workspace)

@@ -61,6 +61,8 @@ BWRAP = "bwrap"
 SETPRIV = "/usr/bin/setpriv"  # util-linux, on every Debian system
 SANDBOX_HOME = "/workspace"
 SANDBOX_UID = 1000
+# (uid_t)-1 means "leave unchanged" to chown and (uid_t)-2 is NFS's nobody: a sandbox's host uid stays below both.
+HIGHEST_HOST_UID = 2**32 - 3
 TMP_SIZE_BYTES = 256 * 1024 * 1024
 SHM_SIZE_BYTES = 64 * 1024 * 1024
 # Host paths bound read-only when they exist: what programs need to start and to find their alternatives.
@@ -96,7 +98,16 @@ def host_uid(organization_id: int) -> int | None:
     """The unprivileged host user (and group) the organization's sandboxes run as when Airlock runs as root:
     `SANDBOX_UID_BASE` + the organization's id, so that no two tenants share a uid (nor its keyrings, per-user
     kernel limits or files); None when Airlock is not root (bubblewrap then runs as Airlock's own user)."""
-    return settings.SANDBOX_UID_BASE + organization_id if os.geteuid() == 0 else None
+    if os.geteuid() != 0:
+        return None
+    uid = settings.SANDBOX_UID_BASE + organization_id
+    if uid > HIGHEST_HOST_UID:
+        raise SandboxUnavailable(
+            f"Organization {organization_id} has no host user left above AIRLOCK_SANDBOX_UID_BASE "
+            f"({settings.SANDBOX_UID_BASE}): lower the base so that base + organization id stays at most "
+            f"{HIGHEST_HOST_UID}."
+        )
+    return uid
 
 
 def _as_host_user(organization_id: int) -> list[str]:
