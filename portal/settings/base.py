@@ -283,10 +283,15 @@ for _backend in (WORKSPACE_DEFAULT_BACKEND, *WORKSPACE_BACKENDS):
 # /proc/sys), and one uid per tenant keeps tenants' files, keyrings and per-user kernel limits apart. The default
 # lies above the ranges Debian, systemd and container tools hand out; keep that range free of real users.
 SANDBOX_UID_BASE = env_int("AIRLOCK_SANDBOX_UID_BASE", 2_000_000_000)
-if not 1000 <= SANDBOX_UID_BASE <= 4_000_000_000:
+if not 100_000 <= SANDBOX_UID_BASE <= 4_000_000_000:
     raise ImproperlyConfigured(
-        f"AIRLOCK_SANDBOX_UID_BASE={SANDBOX_UID_BASE}: use an unprivileged range (1000 to 4,000,000,000)."
+        f"AIRLOCK_SANDBOX_UID_BASE={SANDBOX_UID_BASE}: use a range no account uses (100,000 to 4,000,000,000)."
     )
+# When Airlock runs as root: how many processes (threads count) an organization's sandboxes may have at once, all
+# its workspaces together (RLIMIT_NPROC of its host user), so that no tenant's fork bomb takes the host's.
+SANDBOX_MAX_PROCESSES = env_int("AIRLOCK_SANDBOX_MAX_PROCESSES", 1024)
+if SANDBOX_MAX_PROCESSES < 16:
+    raise ImproperlyConfigured(f"AIRLOCK_SANDBOX_MAX_PROCESSES={SANDBOX_MAX_PROCESSES}: allow at least 16.")
 WORKSPACE_COMMAND_TIMEOUT_SECONDS = env_int("AIRLOCK_COMMAND_TIMEOUT_SECONDS", 120)
 WORKSPACE_OUTPUT_CAP_BYTES = env_int("AIRLOCK_COMMAND_OUTPUT_CAP_BYTES", 256 * 1024)
 

@@ -623,3 +623,54 @@ def test_an_organization_id_past_the_last_host_uid_is_refused_not_wrapped(backen
 
     with pytest.raises(SandboxUnavailable, match="lower the base"):
         backend.prepare(workspace)
+
+
+FORK_PROBE = """
+import os, time
+children = 0
+try:
+    while children < 200:
+        if os.fork() == 0:
+            time.sleep(3)
+            os._exit(0)
+        children += 1
+except OSError as error:
+    print("refused", error.errno)
+print("children", children)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="per-organization host users exist only when Airlock is root")
+async def test_an_organizations_sandboxes_share_one_process_cap(backend, bare, lines, settings):
+    settings.SANDBOX_MAX_PROCESSES = 40
+
+    result = await run(backend, bare, f"python3 -c '{FORK_PROBE}'", lines)
+
+    assert result.exit_code == 0, result.output
+    assert lines.lines[0] == "refused 11"  # EAGAIN
+    children = int(lines.lines[1].split()[1])
+    assert 10 < children < 40
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="per-organization host users exist only when Airlock is root")
+def test_a_host_uid_an_account_already_has_is_refused(backend, settings):
+    settings.SANDBOX_UID_BASE = 65534 - 3  # organization 3 would be `nobody`
+    workspace = unsaved_workspace(organization_id=3)
+    workspace.directory = backend.directory_for(workspace)
+
+    with pytest.raises(SandboxUnavailable, match="belongs to 'nobody'"):
+        backend.prepare(workspace)
+    assert not Path(workspace.directory).exists()
+
+
+def test_without_libseccomp_the_checks_say_what_to_install(backend, monkeypatch):
+    def missing() -> bytes:
+        raise OSError("libseccomp.so.2: cannot open shared object file")
+
+    monkeypatch.setattr(bubblewrap, "_seccomp_filter", missing)
+    workspace = unsaved_workspace()
+    workspace.directory = backend.directory_for(workspace)
+
+    assert "install Debian's `libseccomp2` package" in bubblewrap.sandbox_problem()
+    with pytest.raises(SandboxUnavailable, match="libseccomp2"):
+        backend.prepare(workspace)

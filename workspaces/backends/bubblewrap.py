@@ -31,9 +31,10 @@ binds (/usr, the /etc files above): every sandbox would see every workspace and 
 
 Every process a command starts lives in the sandbox's PID namespace, which ends with the command:
 bubblewrap's `--die-with-parent` kills it when the command's process group is stopped at the
-timeout, so nothing escapes by starting its own session. A fork bomb is bounded only by the timeout,
-and /workspace only by the disk (bubblewrap sets no process, CPU or disk limits; a cgroup and a quota per
-workspace belong to a container backend).
+timeout, so nothing escapes by starting its own session. When Airlock is root, an organization's
+sandboxes share one process cap (`SANDBOX_MAX_PROCESSES`, RLIMIT_NPROC of its host user); there is no CPU
+limit, and /workspace is bounded only by the disk (a cgroup and a quota per workspace belong to a
+container backend).
 
 Needs Debian's `bubblewrap` package and unprivileged user namespaces (the kernel's default on Debian).
 """
@@ -42,7 +43,9 @@ from __future__ import annotations
 
 import errno
 import functools
+import grp
 import os
+import pwd
 import shutil
 import subprocess
 import tempfile
@@ -52,7 +55,7 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 
 from workspaces.backends.base import ExecutionError
-from workspaces.backends.local import LocalBackend, memory_limit_prefix
+from workspaces.backends.local import PRLIMIT, LocalBackend, memory_limit_prefix
 
 if TYPE_CHECKING:
     from workspaces.models import Workspace
@@ -111,8 +114,38 @@ def host_uid(organization_id: int) -> int | None:
 
 
 def _as_host_user(organization_id: int) -> list[str]:
+    """setpriv to the organization's host user, under its process cap (counted over all its sandboxes)."""
     uid = host_uid(organization_id)
-    return [] if uid is None else [SETPRIV, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+    if uid is None:
+        return []
+    return [
+        PRLIMIT,
+        f"--nproc={settings.SANDBOX_MAX_PROCESSES}",
+        "--",
+        SETPRIV,
+        f"--reuid={uid}",
+        f"--regid={uid}",
+        "--clear-groups",
+        "--",
+    ]
+
+
+def account_problem(organization_id: int) -> str | None:
+    """Why the organization's host uid or gid is unsafe to use: an account or group already has it."""
+    uid = host_uid(organization_id)
+    if uid is None:
+        return None
+    for kind, lookup in (("user", pwd.getpwuid), ("group", grp.getgrgid)):
+        try:
+            entry = lookup(uid)
+        except KeyError:
+            continue
+        return (
+            f"Host {kind} id {uid} (AIRLOCK_SANDBOX_UID_BASE + organization {organization_id}) belongs to "
+            f"{entry[0]!r}, which would reach this organization's workspaces: choose a base whose range no account "
+            "uses."
+        )
+    return None
 
 
 def _traversable(folder: Path) -> None:
@@ -147,14 +180,19 @@ def _seccomp_filter() -> bytes:
         return compiled.read()
 
 
-def _seccomp_fd() -> int:
-    """A file descriptor holding the compiled filter, for `bwrap --seccomp` (the caller closes it)."""
+def _compiled_filter() -> bytes:
+    """The compiled seccomp program, or SandboxUnavailable saying what to install."""
     try:
-        program = _seccomp_filter()
+        return _seccomp_filter()
     except (ImportError, OSError, RuntimeError, ValueError) as exc:
         raise SandboxUnavailable(
             f"The sandbox's seccomp filter could not be compiled ({exc}): install Debian's `libseccomp2` package."
         ) from exc
+
+
+def _seccomp_fd() -> int:
+    """A file descriptor holding the compiled filter, for `bwrap --seccomp` (the caller closes it)."""
+    program = _compiled_filter()
     fd = os.memfd_create("airlock-seccomp", os.MFD_CLOEXEC)
     os.write(fd, program)
     os.lseek(fd, 0, os.SEEK_SET)
@@ -293,7 +331,10 @@ def sandbox_problem() -> str | None:
         return unsafe
     try:
         probe = _etc_files()  # any folder every sandbox user may read serves as the probe's /workspace
-        seccomp_fd = _seccomp_fd()
+        try:
+            seccomp_fd = _seccomp_fd()
+        except SandboxUnavailable as exc:
+            return str(exc)
         try:
             completed = subprocess.run(
                 [
@@ -332,6 +373,9 @@ class BubblewrapBackend(LocalBackend):
     def prepare(self, workspace: Workspace) -> None:
         """Refuse at once where no safe sandbox can start; create the directory, owned by the sandbox's host user."""
         self._refuse_unsafe()
+        taken = account_problem(workspace.organization_id)
+        if taken:
+            raise SandboxUnavailable(taken)
         super().prepare(workspace)
         self._hand_over(Path(workspace.directory or self.directory_for(workspace)), workspace.organization_id)
 
@@ -342,6 +386,7 @@ class BubblewrapBackend(LocalBackend):
         unsafe = exposure_problem() or reach_problem()
         if unsafe:
             raise SandboxUnavailable(unsafe)
+        _compiled_filter()  # compiles once, or the refusal says what to install
 
     @staticmethod
     def _hand_over(directory: Path, organization_id: int) -> None:
