@@ -611,6 +611,7 @@ async def test_a_setuid_program_planted_in_a_workspace_is_out_of_reach_of_other_
         check=False,
     )
 
+    planted.unlink()  # no setuid file is left behind in pytest's folders
     assert outsider.returncode != 0 and "secret" not in outsider.stdout
     assert "Permission denied" in outsider.stderr
 
