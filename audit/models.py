@@ -205,6 +205,24 @@ class AuditPurge(models.Model):
         return f"{self.organization_id} purge #{self.from_sequence}-#{self.to_sequence}"
 
 
+class AuditRetentionFloor(models.Model):
+    """The deployment operator's minimum retention, one row for the whole deployment: no organization may keep its
+    audit events for fewer days, and the purge function (migration 0009) refuses a purge under it. On PostgreSQL
+    `audit grants` leaves the services' role only SELECT on it, so the application cannot lower it; the operator
+    sets it with the owner's credentials (`manage.py audit retention-floor --days N`)."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    minimum_days = models.PositiveIntegerField()
+    set_at = models.DateTimeField()
+    set_by = models.CharField(max_length=100, help_text="The database user (or operator) that set it.")
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=models.Q(id=1), name="audit_retention_floor_one_row")]
+
+    def __str__(self) -> str:
+        return f"audit events kept at least {self.minimum_days} days"
+
+
 class ExportFormat(models.TextChoices):
     """Formats the audit log is exported in."""
 

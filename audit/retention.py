@@ -35,6 +35,7 @@ from audit.models import (
     AuditPurge,
     AuditSettings,
 )
+from audit.selectors import retention_floor_days
 from audit.services import Actor, AgentActor, SystemActor, record
 from organizations.models import Organization
 from organizations.permissions import require_permission
@@ -91,6 +92,14 @@ def audit_retention_update(
         if retention_days is not None and retention_days > MAX_RETENTION_DAYS:
             raise ValidationError(
                 {"retention_days": f"at most {MAX_RETENTION_DAYS} days; to keep events forever, clear it instead"}
+            )
+        floor = retention_floor_days()
+        if retention_days is not None and floor is not None and retention_days < floor:
+            raise ValidationError(
+                {
+                    "retention_days": f"this deployment keeps audit events at least {floor} days (the operator's "
+                    f"minimum): use {floor} or more, or keep events forever"
+                }
             )
         settings_row.retention_days = retention_days
     reason = None if legal_hold_reason is KEEP else " ".join(str(legal_hold_reason).split())
@@ -196,6 +205,24 @@ def audit_purge(
             actor=actor,
             organization=organization,
             data={"reason": "legal hold", "legal_hold_reason": settings_row.legal_hold_reason},
+            immediate=True,  # the result names its sequence
+        )
+        return PurgeResult(**base, skipped=skipped, event_sequence=event.sequence)
+    floor = retention_floor_days()
+    if floor is not None and settings_row.retention_days < floor:
+        # Set before the operator's minimum; the purge function refuses it too.
+        skipped = f"the retention of {settings_row.retention_days} days is under the operator's minimum of {floor} days"
+        if dry_run:
+            return PurgeResult(**base, skipped=skipped)
+        event = record(
+            action="audit.purge_skipped",
+            actor=actor,
+            organization=organization,
+            data={
+                "reason": "under the operator's minimum retention",
+                "retention_days": settings_row.retention_days,
+                "minimum_days": floor,
+            },
             immediate=True,  # the result names its sequence
         )
         return PurgeResult(**base, skipped=skipped, event_sequence=event.sequence)

@@ -22,7 +22,7 @@ from django.db.models import CharField, F, Func, Q, QuerySet, TextField
 from django.db.models.functions import Cast
 
 from audit.chain import PG_TIME_FORMAT
-from audit.models import ActorType, AuditChainHead, AuditEvent, AuditSettings, Outcome
+from audit.models import ActorType, AuditChainHead, AuditEvent, AuditRetentionFloor, AuditSettings, Outcome
 from organizations.models import Organization
 from organizations.permissions import require_permission
 
@@ -281,3 +281,16 @@ def audit_settings_for_user(*, user: AbstractBaseUser | AnonymousUser, organizat
     require_permission(user, organization, VIEW_ACTION)
     row = AuditSettings.objects.filter(organization_id=organization.pk).first()
     return row if row is not None else AuditSettings(organization=organization)
+
+
+def retention_floor_days() -> int | None:
+    """The operator's minimum retention in days for the whole deployment, or None where none is set."""
+    return AuditRetentionFloor.objects.filter(pk=1).values_list("minimum_days", flat=True).first()
+
+
+def organizations_under_retention_floor(minimum_days: int | None) -> list[str]:
+    """Slugs of the organizations whose retention is under `minimum_days` (their purges are skipped)."""
+    if minimum_days is None:
+        return []
+    rows = AuditSettings.objects.filter(retention_days__lt=minimum_days).order_by("organization__slug")
+    return list(rows.values_list("organization__slug", flat=True))

@@ -13,7 +13,14 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection, transaction
 
-from audit.models import AuditChainHead, AuditCheckpoint, AuditEvent, AuditPendingEvent, AuditPurge
+from audit.models import (
+    AuditChainHead,
+    AuditCheckpoint,
+    AuditEvent,
+    AuditPendingEvent,
+    AuditPurge,
+    AuditRetentionFloor,
+)
 from audit.retention import PURGE_FUNCTION
 
 HELP = (
@@ -34,7 +41,7 @@ def runtime_grants(*, role: str, schema: str) -> list[str]:
     who, where = quote(role), quote(schema)
     events, checkpoints = quote(AuditEvent._meta.db_table), quote(AuditCheckpoint._meta.db_table)
     head, pending = quote(AuditChainHead._meta.db_table), quote(AuditPendingEvent._meta.db_table)
-    purges = quote(AuditPurge._meta.db_table)
+    purges, floor = quote(AuditPurge._meta.db_table), quote(AuditRetentionFloor._meta.db_table)
     return [
         f"GRANT USAGE ON SCHEMA {where} TO {who}",
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {where} TO {who}",
@@ -47,8 +54,8 @@ def runtime_grants(*, role: str, schema: str) -> list[str]:
         f"GRANT UPDATE (sequence, hash) ON {head} TO {who}",
         # The chainer deletes pending rows as it chains them; nothing rewrites one.
         f"REVOKE UPDATE, TRUNCATE ON {pending} FROM {who}",
-        # Only the purge function writes a purge record.
-        f"REVOKE INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER, REFERENCES ON {purges} FROM {who}",
+        # Only the purge function writes a purge record; only the owner sets the minimum retention.
+        f"REVOKE INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER, REFERENCES ON {purges}, {floor} FROM {who}",
         f"GRANT EXECUTE ON FUNCTION {where}.{PURGE_FUNCTION}(bigint, bigint) TO {who}",
     ]
 
@@ -84,12 +91,14 @@ def _destructive_rights(cursor: Any, role: str) -> list[str]:
     Membership counts whether inherited or not (a member may `SET ROLE`): for each such role, superuser, CREATEROLE
     (it could grant itself the owner), owning an audit table, TRIGGER on any table (a trigger runs as whoever
     writes, the purge function's owner too), UPDATE/DELETE/TRUNCATE on events, checkpoints or purge records, INSERT
-    of purge records, and UPDATE of a chain's anchor. Returned as phrases naming the right and the role.
+    of purge records, any write of the minimum retention, and UPDATE of a chain's anchor. Returned as phrases naming
+    the right and the role.
     """
     quote = connection.ops.quote_name
     tables = [model._meta.db_table for model in _APPEND_ONLY]
     checks = [(table, right) for table in tables for right in ("UPDATE", "DELETE", "TRUNCATE")]
     checks.append((AuditPurge._meta.db_table, "INSERT"))
+    checks += [(AuditRetentionFloor._meta.db_table, right) for right in ("INSERT", "UPDATE", "DELETE", "TRUNCATE")]
     head = AuditChainHead._meta.db_table
     privileges = ", ".join(["has_table_privilege(r.oid, %s, %s)"] * len(checks))  # placeholders only
     sql = (

@@ -10,19 +10,22 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.conf import settings
 from django.core.cache import cache
-from django.db import connection
+from django.core.management import call_command
+from django.db import DatabaseError, connection, transaction
 
 import audit.forwarding as forwarding
 from audit import record
 from audit.chain import GENESIS_HASH, chain_hash, event_document
 from audit.context import bound
 from audit.models import AuditChainHead, AuditEvent, AuditPendingEvent, Outcome
+from audit.retention import PURGE_FUNCTION
 from audit.services import AgentActor, SystemActor
 from organizations.models import Organization
 from tests.fakes.siem import HttpReceiver, SyslogReceiver
@@ -190,3 +193,42 @@ def manage_py() -> object:
         return CliRun(done.returncode, done.stdout, done.stderr)
 
     return run
+
+
+@pytest.fixture
+def runtime_role(db) -> str:
+    """A plain role with the runtime grants (created in the test's transaction, so it goes with it)."""
+    name = f"{connection.settings_dict['NAME']}_runtime"
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE ROLE {connection.ops.quote_name(name)} NOLOGIN")
+    call_command("audit", "grants", "--role", name, stdout=StringIO())
+    return name
+
+
+@contextmanager
+def acting_as(role: str) -> Iterator[None]:
+    """Run the block with `role`'s rights on the test's connection."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SET ROLE {connection.ops.quote_name(role)}")
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("RESET ROLE")
+
+
+def refused(block) -> str:
+    """Run a write that must fail, in a savepoint so the test can go on; return the database's message."""
+    with pytest.raises(DatabaseError) as caught, transaction.atomic():
+        block()
+    return str(caught.value)
+
+
+def execute(sql: str, params: list | None = None) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
+def purge_directly(org, through: int) -> str:
+    """Call the database function as a compromised process would, skipping the service; return its refusal."""
+    return refused(lambda: execute(f"SELECT {PURGE_FUNCTION}(%s, %s)", [org.pk, through]))

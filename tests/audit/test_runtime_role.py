@@ -7,14 +7,12 @@ a compromised web process would, and as the product does: record, chain, checkpo
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
-from contextlib import contextmanager
 from io import StringIO
 
 import pytest
 from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
-from django.db import DatabaseError, connection, transaction
+from django.db import connection
 
 from audit import chaining, record
 from audit.checkpoints import checkpoint_write
@@ -30,46 +28,12 @@ from audit.models import (
 from audit.retention import PURGE_FUNCTION, audit_purge
 from audit.services import SystemActor
 from audit.verify import verify_chain
-from tests.audit.conftest import age_events, record_mixed_chain
+from tests.audit.conftest import acting_as, age_events, execute, purge_directly, record_mixed_chain, refused
 from tests.audit.test_retention import expiring_through, sequences
 
 pytestmark = pytest.mark.postgres
 
 OPERATOR = SystemActor("cli:test")
-
-
-@pytest.fixture
-def runtime_role(db) -> str:
-    """A plain role with the runtime grants (created in the test's transaction, so it goes with it)."""
-    name = f"{connection.settings_dict['NAME']}_runtime"
-    with connection.cursor() as cursor:
-        cursor.execute(f"CREATE ROLE {connection.ops.quote_name(name)} NOLOGIN")
-    call_command("audit", "grants", "--role", name, stdout=StringIO())
-    return name
-
-
-@contextmanager
-def acting_as(role: str) -> Iterator[None]:
-    """Run the block with `role`'s rights on the test's connection."""
-    with connection.cursor() as cursor:
-        cursor.execute(f"SET ROLE {connection.ops.quote_name(role)}")
-    try:
-        yield
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute("RESET ROLE")
-
-
-def refused(block) -> str:
-    """Run a write that must fail, in a savepoint so the test can go on; return the database's message."""
-    with pytest.raises(DatabaseError) as caught, transaction.atomic():
-        block()
-    return str(caught.value)
-
-
-def execute(sql: str, params: list | None = None) -> None:
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
 
 
 def test_the_runtime_role_records_chains_and_signs_like_the_owner(org, agents_user, runtime_role, settings):
@@ -165,11 +129,6 @@ def test_the_runtime_role_cannot_purge_recent_events_whatever_it_writes_in_the_s
     assert "event #1 is younger than the retention of 1 days" in message
     assert sequences(org) == list(range(1, 11))
     assert not AuditPurge.objects.filter(organization=org).exists()
-
-
-def purge_directly(org, through: int) -> str:
-    """Call the database function as a compromised process would, skipping the service; return its refusal."""
-    return refused(lambda: execute(f"SELECT {PURGE_FUNCTION}(%s, %s)", [org.pk, through]))
 
 
 @pytest.fixture
