@@ -209,7 +209,7 @@ class AuditRetentionFloor(models.Model):
     """The deployment operator's minimum retention, one row for the whole deployment: no organization may keep its
     audit events for fewer days, and the purge function (migration 0009) refuses a purge under it. On PostgreSQL
     `audit grants` leaves the services' role only SELECT on it, so the application cannot lower it; the operator
-    sets it with the owner's credentials (`manage.py audit retention-floor --days N`)."""
+    sets it with the owner's credentials (`manage.py audit retention_floor --days N`)."""
 
     id = models.PositiveSmallIntegerField(primary_key=True, default=1)
     minimum_days = models.PositiveIntegerField()

@@ -94,7 +94,8 @@ def audit_retention_update(
                 {"retention_days": f"at most {MAX_RETENTION_DAYS} days; to keep events forever, clear it instead"}
             )
         floor = retention_floor_days()
-        if retention_days is not None and floor is not None and retention_days < floor:
+        changed = retention_days != settings_row.retention_days  # a hold may change under an older, shorter one
+        if changed and retention_days is not None and floor is not None and retention_days < floor:
             raise ValidationError(
                 {
                     "retention_days": f"this deployment keeps audit events at least {floor} days (the operator's "
@@ -208,6 +209,8 @@ def audit_purge(
             immediate=True,  # the result names its sequence
         )
         return PurgeResult(**base, skipped=skipped, event_sequence=event.sequence)
+    if settings_row.retention_days > MAX_RETENTION_DAYS:  # only a direct write of the row gets here
+        return PurgeResult(**base, skipped=f"the retention of {settings_row.retention_days} days is out of range")
     floor = retention_floor_days()
     if floor is not None and settings_row.retention_days < floor:
         # Set before the operator's minimum; the purge function refuses it too.

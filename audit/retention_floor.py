@@ -19,6 +19,8 @@ from audit.selectors import organizations_under_retention_floor, retention_floor
 from audit.services import SystemActor, record
 from organizations.models import Organization
 
+INSUFFICIENT_PRIVILEGE = "42501"  # PostgreSQL's SQLSTATE, whatever language its messages are in
+
 
 def _database_user() -> str:
     if connection.vendor != "postgresql":
@@ -58,7 +60,7 @@ def audit_retention_floor_set(*, actor: SystemActor, minimum_days: int | None) -
                     },
                 )
     except DatabaseError as exc:
-        if "permission denied" in str(exc).lower():
+        if getattr(exc.__cause__, "sqlstate", None) == INSUFFICIENT_PRIVILEGE:
             raise PermissionDenied(
                 "Only the database's owner may change the minimum retention: run this with the credentials that ran "
                 "`migrate`, not the services' role."

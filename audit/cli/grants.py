@@ -96,11 +96,18 @@ def _destructive_rights(cursor: Any, role: str) -> list[str]:
     """
     quote = connection.ops.quote_name
     tables = [model._meta.db_table for model in _APPEND_ONLY]
+    floor = AuditRetentionFloor._meta.db_table
     checks = [(table, right) for table in tables for right in ("UPDATE", "DELETE", "TRUNCATE")]
     checks.append((AuditPurge._meta.db_table, "INSERT"))
-    checks += [(AuditRetentionFloor._meta.db_table, right) for right in ("INSERT", "UPDATE", "DELETE", "TRUNCATE")]
+    checks += [(floor, right) for right in ("INSERT", "UPDATE", "DELETE", "TRUNCATE")]
     head = AuditChainHead._meta.db_table
-    privileges = ", ".join(["has_table_privilege(r.oid, %s, %s)"] * len(checks))  # placeholders only
+    # INSERT and UPDATE may be granted on single columns, which has_table_privilege does not see.
+    privileges = ", ".join(
+        "has_any_column_privilege(r.oid, %s, %s)"
+        if right in ("INSERT", "UPDATE")
+        else "has_table_privilege(r.oid, %s, %s)"
+        for _table, right in checks
+    )  # placeholders only
     sql = (
         f"SELECT r.rolname, r.rolsuper, r.rolcreaterole, {_OWNS}, {_TRIGGERS}, {privileges}, "  # noqa: S608
         "has_column_privilege(r.oid, %s, 'anchor_sequence', 'UPDATE'), "
@@ -108,7 +115,7 @@ def _destructive_rights(cursor: Any, role: str) -> list[str]:
         "FROM pg_roles r WHERE pg_has_role(%s, r.oid, 'MEMBER') ORDER BY r.rolname"
     )
     rights = [value for table, right in checks for value in (quote(table), right)]
-    cursor.execute(sql, [[*tables, head], *rights, quote(head), quote(head), role])
+    cursor.execute(sql, [[*tables, head, floor], *rights, quote(head), quote(head), role])
     labels = [
         "superuser (it can switch the append-only trigger off)",
         "CREATEROLE (it could grant itself the tables' owner)",

@@ -3,7 +3,7 @@ a purge under it.
 
 `audit grants` leaves the runtime role SELECT only on `audit_auditretentionfloor`, so an application whose
 credentials leak still cannot purge events younger than the floor the operator set with the owner's credentials
-(`manage.py audit retention-floor --days N`), whatever it writes into an organization's settings. The function is
+(`manage.py audit retention_floor --days N`), whatever it writes into an organization's settings. The function is
 0008's, with one more rule after the legal hold; nothing of this happens on SQLite.
 """
 
@@ -18,7 +18,9 @@ RULE_AFTER = """    IF v_hold THEN
         RAISE EXCEPTION USING MESSAGE = 'audit purge refused: the organization is under legal hold';
     END IF;
 """
-FLOOR_RULE = """    SELECT minimum_days INTO v_floor FROM {floor} WHERE id = 1;
+FLOOR_RULE = """    -- Held until the purge commits: the operator setting a minimum meanwhile waits, then applies to what is left.
+    LOCK TABLE {floor} IN SHARE MODE;
+    SELECT minimum_days INTO v_floor FROM {floor} WHERE id = 1;
     IF v_floor IS NOT NULL AND v_days < v_floor THEN
         RAISE EXCEPTION USING MESSAGE = 'audit purge refused: the retention of ' || v_days::text
             || ' days is under the operator''s minimum of ' || v_floor::text || ' days';

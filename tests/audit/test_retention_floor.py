@@ -8,6 +8,7 @@ from io import StringIO
 import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.management import CommandError, call_command
+from django.db import connection
 
 from audit.models import AuditEvent, AuditPurge, AuditRetentionFloor, AuditSettings
 from audit.retention import audit_purge, audit_retention_update
@@ -35,6 +36,18 @@ def test_no_owner_sets_a_retention_under_the_operators_minimum(org, owner):
         audit_retention_update(actor=owner, organization=org, retention_days=30)
     audit_retention_update(actor=owner, organization=org, retention_days=90)
     audit_retention_update(actor=owner, organization=org, retention_days=None)  # forever is always allowed
+
+
+def test_a_legal_hold_is_placed_even_under_an_older_shorter_retention(org, owner):
+    AuditSettings.objects.create(organization=org, retention_days=30)
+    floor(90)
+
+    # The settings page sends the retention as it is along with the hold.
+    row = audit_retention_update(
+        actor=owner, organization=org, retention_days=30, legal_hold=True, legal_hold_reason="case 42"
+    )
+
+    assert row.legal_hold and row.retention_days == 30
 
 
 def test_a_retention_set_before_the_minimum_skips_the_purge_and_says_why(org, agents_user):
@@ -95,10 +108,31 @@ def test_the_services_role_can_neither_change_the_minimum_nor_purge_under_it(org
 
 
 @pytest.mark.postgres
-def test_grants_refuse_a_role_that_could_write_the_minimum(runtime_role):
+@pytest.mark.parametrize(
+    "grant", ["UPDATE", "UPDATE (minimum_days)", "INSERT (id, minimum_days, set_at, set_by)", "DELETE"]
+)
+def test_grants_refuse_a_role_that_could_write_the_minimum(runtime_role, grant):
     execute(f"CREATE ROLE {runtime_role}_extra NOLOGIN")
-    execute(f"GRANT UPDATE ON audit_auditretentionfloor TO {runtime_role}_extra")
+    execute(f"GRANT {grant} ON audit_auditretentionfloor TO {runtime_role}_extra")  # a column-level one too
     execute(f"GRANT {runtime_role}_extra TO {runtime_role}")
 
-    with pytest.raises(CommandError, match="UPDATE on audit_auditretentionfloor"):
+    with pytest.raises(CommandError, match=f"{grant.split()[0]} on audit_auditretentionfloor"):
         call_command("audit", "grants", "--role", runtime_role, stdout=StringIO())
+
+
+@pytest.mark.postgres
+def test_a_purge_holds_the_minimum_so_a_new_one_waits_for_it(org, agents_user, runtime_role):
+    record_mixed_chain(org, agents_user, count=10)
+    AuditSettings.objects.create(organization=org, retention_days=30)
+    expiring_through(org, 6)
+
+    with acting_as(runtime_role):
+        execute("SELECT airlock_audit_purge(%s, %s)", [org.pk, 6])
+    with connection.cursor() as cursor:  # still in the purge's transaction
+        cursor.execute(
+            "SELECT mode FROM pg_locks WHERE pid = pg_backend_pid() "
+            "AND relation = 'audit_auditretentionfloor'::regclass"
+        )
+        modes = {row[0] for row in cursor.fetchall()}
+
+    assert "ShareLock" in modes
