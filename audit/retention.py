@@ -197,38 +197,38 @@ def audit_purge(
 
     if settings_row is None or settings_row.retention_days is None:
         return PurgeResult(**base, skipped="no retention is set (events are kept forever)")
-    if settings_row.legal_hold:
-        skipped = f"legal hold is on ({settings_row.legal_hold_reason})"
+
+    def skip(skipped: str, data: dict[str, object]) -> PurgeResult:
+        """A purge that does not run, recorded as `audit.purge_skipped` (not in a dry run)."""
         if dry_run:
             return PurgeResult(**base, skipped=skipped)
         event = record(
             action="audit.purge_skipped",
             actor=actor,
             organization=organization,
-            data={"reason": "legal hold", "legal_hold_reason": settings_row.legal_hold_reason},
+            data=data,
             immediate=True,  # the result names its sequence
         )
         return PurgeResult(**base, skipped=skipped, event_sequence=event.sequence)
+
+    if settings_row.legal_hold:
+        return skip(
+            f"legal hold is on ({settings_row.legal_hold_reason})",
+            {"reason": "legal hold", "legal_hold_reason": settings_row.legal_hold_reason},
+        )
     if settings_row.retention_days > MAX_RETENTION_DAYS:  # only a direct write of the row gets here
         return PurgeResult(**base, skipped=f"the retention of {settings_row.retention_days} days is out of range")
     floor = retention_floor_days()
     if floor is not None and settings_row.retention_days < floor:
         # Set before the operator's minimum; the purge function refuses it too.
-        skipped = f"the retention of {settings_row.retention_days} days is under the operator's minimum of {floor} days"
-        if dry_run:
-            return PurgeResult(**base, skipped=skipped)
-        event = record(
-            action="audit.purge_skipped",
-            actor=actor,
-            organization=organization,
-            data={
+        return skip(
+            f"the retention of {settings_row.retention_days} days is under the operator's minimum of {floor} days",
+            {
                 "reason": "under the operator's minimum retention",
                 "retention_days": settings_row.retention_days,
                 "minimum_days": floor,
             },
-            immediate=True,  # the result names its sequence
         )
-        return PurgeResult(**base, skipped=skipped, event_sequence=event.sequence)
     cutoff = now - dt.timedelta(days=settings_row.retention_days)
     base["cutoff"] = cutoff
     if head is None or head.sequence <= anchor_sequence:

@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import pytest
-from django.test import Client
 
 from audit.models import AuditEvent
 from organizations.models import Role
 from tests.factories import UserFactory, make_member
+from tests.pages import logged_in_client
 from workspaces.models import WorkspaceTemplate
 from workspaces.services import template_create
 
 LIST = "/orgs/acme/settings/templates/"
 DESCRIPTION = "Python 3.11 with pytest; no network."
-
-
-def signed_in(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 @pytest.fixture
@@ -44,7 +38,7 @@ def add_form(**values) -> dict:
 
 
 def test_a_member_reads_the_templates_without_a_form(template, agents_user):
-    page = signed_in(agents_user).get(LIST)
+    page = logged_in_client(agents_user).get(LIST)
 
     html = page.content.decode()
     assert page.status_code == 200
@@ -53,7 +47,7 @@ def test_a_member_reads_the_templates_without_a_form(template, agents_user):
 
 
 def test_a_template_admin_adds_edits_and_deletes_and_each_write_is_audited(template, template_admin):
-    browser = signed_in(template_admin)
+    browser = logged_in_client(template_admin)
     assert "Templates" in browser.get(LIST).content.decode()  # in the organization's navigation
 
     added = browser.post(LIST, add_form(memory_limit_mb="256"))
@@ -93,7 +87,7 @@ def test_a_template_admin_adds_edits_and_deletes_and_each_write_is_audited(templ
     ],
 )
 def test_bad_input_is_shown_next_to_its_field_with_a_400(template, template_admin, values, says):
-    page = signed_in(template_admin).post(LIST, add_form(**values))
+    page = logged_in_client(template_admin).post(LIST, add_form(**values))
 
     assert page.status_code == 400 and says in page.content.decode()
     assert WorkspaceTemplate.objects.count() == 1
@@ -101,7 +95,7 @@ def test_bad_input_is_shown_next_to_its_field_with_a_400(template, template_admi
 
 def test_members_without_the_role_get_403_naming_it_and_nothing_changes(template, agents_user, auditor):
     for user in (agents_user, auditor):
-        browser = signed_in(user)
+        browser = logged_in_client(user)
         for response in (
             browser.post(LIST, add_form()),
             browser.get(f"/orgs/acme/settings/templates/{template.pk}/edit/"),
@@ -116,8 +110,8 @@ def test_members_without_the_role_get_403_naming_it_and_nothing_changes(template
 def test_another_organizations_pages_and_templates_answer_404(template, owner, outsider, other_org):
     foreign = template_create(actor=None, organization=other_org, name="globex-box", description=DESCRIPTION)
 
-    assert signed_in(outsider).get(LIST).status_code == 404
-    browser = signed_in(owner)
+    assert logged_in_client(outsider).get(LIST).status_code == 404
+    browser = logged_in_client(owner)
     assert browser.get(f"/orgs/acme/settings/templates/{foreign.pk}/edit/").status_code == 404
     assert browser.post(f"/orgs/acme/settings/templates/{foreign.pk}/delete/").status_code == 404
     assert WorkspaceTemplate.objects.filter(pk=foreign.pk).exists()

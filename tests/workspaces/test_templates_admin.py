@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import pytest
-from django.test import Client
 
 from audit.models import AuditEvent
 from organizations.models import Role
 from tests.factories import UserFactory, make_member
+from tests.pages import logged_in_client
 from workspaces.models import WorkspaceTemplate
 from workspaces.services import template_create
 
 ADD = "/admin/workspaces/workspacetemplate/add/"
 DESCRIPTION = "Python 3.11 with pytest; no network."
-
-
-def signed_in(user) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 @pytest.fixture
@@ -33,7 +27,7 @@ def form(org, **values) -> dict:
 
 
 def test_an_owner_adds_and_changes_a_template_and_each_write_is_audited(org, staff_owner):
-    browser = signed_in(staff_owner)
+    browser = logged_in_client(staff_owner)
     response = browser.post(ADD, form(org, memory_limit_mb=256, is_enabled="on"))
     assert response.status_code == 302, response.content.decode()[:2000]
     template = WorkspaceTemplate.objects.get(organization=org, name="python")
@@ -60,7 +54,7 @@ def test_an_owner_adds_and_changes_a_template_and_each_write_is_audited(org, sta
     ],
 )
 def test_a_bad_value_is_shown_on_the_form_not_a_500(org, staff_owner, values, says):
-    response = signed_in(staff_owner).post(ADD, form(org, **values))
+    response = logged_in_client(staff_owner).post(ADD, form(org, **values))
     assert response.status_code == 200 and says in response.content.decode()
     assert not WorkspaceTemplate.objects.exists()
 
@@ -69,8 +63,8 @@ def test_a_duplicate_name_is_shown_on_the_form(org, staff_owner):
     template_create(actor=None, organization=org, name="python", description=DESCRIPTION)
     other = template_create(actor=None, organization=org, name="node", description="Node.js 20 with npm.")
 
-    added = signed_in(staff_owner).post(ADD, form(org))
-    renamed = signed_in(staff_owner).post(
+    added = logged_in_client(staff_owner).post(ADD, form(org))
+    renamed = logged_in_client(staff_owner).post(
         f"/admin/workspaces/workspacetemplate/{other.pk}/change/", form(org, description="Node.js 20 with npm.")
     )
 
@@ -83,7 +77,7 @@ def test_staff_without_the_role_read_but_cannot_change_and_foreign_rows_are_hidd
     make_member(org, reader, Role.AGENTS_USER)
     mine = template_create(actor=None, organization=org, name="python", description=DESCRIPTION)
     foreign = template_create(actor=None, organization=other_org, name="secret-box", description=DESCRIPTION)
-    browser = signed_in(reader)
+    browser = logged_in_client(reader)
 
     listing = browser.get("/admin/workspaces/workspacetemplate/")
     assert listing.status_code == 200
@@ -101,7 +95,7 @@ def test_the_organization_filter_names_only_the_staff_members_own_organizations(
     template_create(actor=None, organization=org, name="python", description=DESCRIPTION)
     template_create(actor=None, organization=other_org, name="secret-box", description=DESCRIPTION)
 
-    html = signed_in(staff_owner).get("/admin/workspaces/workspacetemplate/").content.decode()
+    html = logged_in_client(staff_owner).get("/admin/workspaces/workspacetemplate/").content.decode()
 
     assert "Acme" in html or "acme" in html
     assert "globex" not in html.lower()

@@ -144,20 +144,34 @@ def _may_run_commands(person: AbstractBaseUser, workspace: Workspace) -> bool:
     return has_permission(person, organization, "org.manage")
 
 
+@transaction.atomic
+def _command_record_unfinished(
+    *, workspace: Workspace, command: str, actor: Actor, outcome: str, error: str, data: dict[str, Any]
+) -> None:
+    """Audit a command that did not run to the end: refused (denied) or not runnable by the backend (failure)."""
+    audit.record(
+        action="workspace.command",
+        actor=actor,
+        organization=workspace.organization,
+        target=workspace,
+        workspace_id=workspace.id,
+        session_id=_session_id(actor),
+        outcome=outcome,
+        error=error,
+        data={"command": command, **data},
+    )
+
+
 def _command_deny(*, workspace: Workspace, command: str, actor: Actor, directory: str, message: str) -> None:
     """Audit a refused command (outcome denied) in its own transaction, then refuse it."""
-    with transaction.atomic():
-        audit.record(
-            action="workspace.command",
-            actor=actor,
-            organization=workspace.organization,
-            target=workspace,
-            workspace_id=workspace.id,
-            session_id=_session_id(actor),
-            outcome=Outcome.DENIED,
-            error=message,
-            data={"command": command, "working_directory": directory},
-        )
+    _command_record_unfinished(
+        workspace=workspace,
+        command=command,
+        actor=actor,
+        outcome=Outcome.DENIED,
+        error=message,
+        data={"working_directory": directory},
+    )
     raise PermissionDenied(message)
 
 
@@ -186,24 +200,6 @@ def _command_failure(*, exc: BaseException) -> str:
     if isinstance(exc, asyncio.CancelledError):
         return "The command was cancelled before it finished; its processes were stopped."
     return f"The command was stopped because its output could not be handled: {type(exc).__name__}: {exc}"
-
-
-@transaction.atomic
-def _command_record_failure(
-    *, workspace: Workspace, command: str, actor: Actor, directory: str, error: str, duration_ms: int
-) -> None:
-    """Audit a command the backend could not run to the end."""
-    audit.record(
-        action="workspace.command",
-        actor=actor,
-        organization=workspace.organization,
-        target=workspace,
-        workspace_id=workspace.id,
-        session_id=_session_id(actor),
-        outcome=Outcome.FAILURE,
-        error=error,
-        data={"command": command, "working_directory": directory, "duration_ms": duration_ms},
-    )
 
 
 @transaction.atomic
@@ -303,13 +299,13 @@ async def command_execute(
         )
     except (Exception, asyncio.CancelledError) as exc:
         await _in_db_thread(
-            _command_record_failure,
+            _command_record_unfinished,
             workspace=workspace,
             command=command,
             actor=actor,
-            directory=directory,
+            outcome=Outcome.FAILURE,
             error=_command_failure(exc=exc),
-            duration_ms=int((time.monotonic() - clock) * 1000),
+            data={"working_directory": directory, "duration_ms": int((time.monotonic() - clock) * 1000)},
         )
         raise
     run = await _in_db_thread(
