@@ -34,7 +34,7 @@ from providers.clients import (
 )
 from providers.usage import model_call_record
 from workspaces.backends import ExecutionError
-from workspaces.models import CommandRun, Workspace, WorkspaceTemplate
+from workspaces.models import CommandRun, Workspace, WorkspaceStatus, WorkspaceTemplate
 from workspaces.selectors import organization_templates
 from workspaces.services import command_execute
 
@@ -290,12 +290,12 @@ class AgentTurn:
                 error = f"Start one of the templates {', '.join(t.name for t in self.templates)}: pass its name."
         elif not isinstance(command, str) or not command.strip():
             error = "The execute tool needs a non-empty string argument `command`."
-        elif self.session.workspace is None and self.templates:
+        elif not self._workspace_ready() and self.templates:
             error = (
-                f"No workspace is running yet: call `{START_WORKSPACE_TOOL_NAME}` first with one of the templates "
+                f"No workspace is running: call `{START_WORKSPACE_TOOL_NAME}` first with one of the templates "
                 f"{', '.join(t.name for t in self.templates)}."
             )
-        elif self.session.workspace is None and self.templates_configured:
+        elif not self._workspace_ready() and self.templates_configured:
             error = (
                 f"No workspace template of {self.session.organization.slug} is enabled, so no command can run: an "
                 "owner or template admin must enable one first."
@@ -377,8 +377,12 @@ class AgentTurn:
                 data={"tool_call_id": call.id, "name": call.name, "arguments": call.arguments},
             )
 
+    def _workspace_ready(self) -> bool:
+        """Whether the session has a workspace commands may run in (not one stopped, e.g. as idle, since)."""
+        return self.session.workspace is not None and self.session.workspace.status == WorkspaceStatus.READY
+
     async def _workspace(self) -> Workspace:
-        if self.session.workspace is None:
+        if not self._workspace_ready():
             create = sync_to_async(session_workspace_create)
             self.session.workspace = await create(session=self.session, actor=self.actor)
         return self.session.workspace

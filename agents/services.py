@@ -21,7 +21,7 @@ from providers.models import LanguageModel
 from providers.selectors import models_for_user
 from workspaces.backends import ExecutionError
 from workspaces.models import Workspace, WorkspaceStatus, WorkspaceTemplate
-from workspaces.services import workspace_create
+from workspaces.services import workspace_create, workspace_stop
 
 MAX_PROMPT_CHARS = 100_000
 
@@ -163,23 +163,11 @@ def _session_workspace_replace(
         actor=actor, organization=session.organization, owner=session.created_by, name=name, template=template
     )
     previous = (
-        Workspace.objects.select_for_update()
-        .filter(sessions__pk=session.pk, status=WorkspaceStatus.READY)
-        .exclude(pk=workspace.pk)
-        .first()
+        Workspace.objects.filter(sessions__pk=session.pk, status=WorkspaceStatus.READY).exclude(pk=workspace.pk).first()
     )
     AgentSession.objects.filter(pk=session.pk).update(workspace=workspace)
     if previous is not None:
-        Workspace.objects.filter(pk=previous.pk).update(status=WorkspaceStatus.STOPPED)
-        audit.record(
-            action="workspace.stopped",
-            actor=actor,
-            organization=session.organization,
-            target=previous,
-            workspace_id=previous.pk,
-            session_id=session.pk,
-            data={"reason": "replaced", "replaced_by": str(workspace.pk)},
-        )
+        workspace_stop(actor=actor, workspace=previous, reason="replaced", replaced_by=str(workspace.pk))
     return workspace
 
 

@@ -25,7 +25,8 @@ class WorkspaceStatus(models.TextChoices):
     """Lifecycle of a workspace."""
 
     READY = "ready", "Ready"
-    STOPPED = "stopped", "Stopped"
+    STOPPED = "stopped", "Stopped (files kept)"
+    DELETED = "deleted", "Deleted (files removed)"
 
 
 class WorkspaceTemplate(models.Model):
@@ -75,6 +76,7 @@ class Workspace(models.Model):
     memory_limit_mb = models.PositiveIntegerField(null=True, blank=True)
     status = models.CharField(max_length=16, choices=WorkspaceStatus.choices, default=WorkspaceStatus.READY)
     created_at = models.DateTimeField(auto_now_add=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
 
     objects = TenantQuerySet.as_manager()
 

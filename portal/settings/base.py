@@ -123,6 +123,8 @@ CELERY_BEAT_SCHEDULE = {
     "audit-forward-all-due": {"task": "audit.forward_all_due", "schedule": 15.0},
     # Batched chaining: chain pending events a lost wake-up left behind (a no-op query in immediate mode).
     "audit-chain-pending-all": {"task": "audit.chain_pending_all", "schedule": 5.0},
+    # Stop idle workspaces and delete the files of long-stopped ones (a no-op unless AIRLOCK_WORKSPACE_IDLE_DAYS).
+    "workspaces-prune": {"task": "workspaces.prune", "schedule": 24 * 60 * 60},
 }
 # No broker, no beat: the web process runs CELERY_BEAT_SCHEDULE itself (portal/scheduler.py).
 EMBEDDED_SCHEDULER = env_bool("AIRLOCK_EMBEDDED_SCHEDULER", AGENT_RUNNER == "inline")
@@ -292,6 +294,11 @@ if not 100_000 <= SANDBOX_UID_BASE <= 4_000_000_000:
 SANDBOX_MAX_PROCESSES = env_int("AIRLOCK_SANDBOX_MAX_PROCESSES", 1024)
 if SANDBOX_MAX_PROCESSES < 16:
     raise ImproperlyConfigured(f"AIRLOCK_SANDBOX_MAX_PROCESSES={SANDBOX_MAX_PROCESSES}: allow at least 16.")
+# A workspace with no command for this many days is stopped, and a stopped one's files are deleted after as many
+# more (daily, `workspaces.prune`); 0 keeps every workspace and its files.
+WORKSPACE_IDLE_DAYS = env_int("AIRLOCK_WORKSPACE_IDLE_DAYS", 0)
+if WORKSPACE_IDLE_DAYS < 0:
+    raise ImproperlyConfigured(f"AIRLOCK_WORKSPACE_IDLE_DAYS={WORKSPACE_IDLE_DAYS}: use 0 (never) or a number of days.")
 WORKSPACE_COMMAND_TIMEOUT_SECONDS = env_int("AIRLOCK_COMMAND_TIMEOUT_SECONDS", 120)
 WORKSPACE_OUTPUT_CAP_BYTES = env_int("AIRLOCK_COMMAND_OUTPUT_CAP_BYTES", 256 * 1024)
 

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from asgiref.sync import sync_to_async
 
-from agents.models import SessionEvent
+from agents.models import AgentSession, SessionEvent
 from agents.services import session_add_prompt, session_start
 from audit.models import AuditEvent
 from organizations.models import Role
@@ -15,7 +15,7 @@ from tests.agents.conftest import start_and_run, wait_for_turn
 from tests.factories import LanguageModelFactory, OrganizationFactory, UserFactory, make_member
 from tests.sandbox import let_sandbox_reach
 from workspaces.models import Workspace, WorkspaceTemplate
-from workspaces.services import template_create
+from workspaces.services import template_create, workspace_stop
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -206,3 +206,45 @@ async def test_each_model_call_records_the_tools_and_templates_it_was_offered(se
     call = await AuditEvent.objects.aget(action="model.call")
     assert call.data["tools_offered"] == ["start_workspace", "execute"]
     assert call.data["templates_offered"] == ["host-shell", "sandbox"]
+
+
+async def test_after_its_workspace_was_stopped_as_idle_the_agent_is_told_to_start_another(setup, simulator):
+    org, user = setup
+    simulator.enqueue(start("sandbox"), execute("echo one"), {"text": "ok"})
+    session, _ = await start_and_run(user, org, "first")
+    await sync_to_async(workspace_stop)(
+        actor=None, workspace=await Workspace.objects.aget(pk=session.workspace_id), reason="idle"
+    )
+
+    simulator.enqueue(execute("echo two"), start("sandbox"), execute("echo three"), {"text": "done"})
+    await sync_to_async(session_add_prompt)(user=user, session=session, prompt="again")
+    await wait_for_turn(session)
+
+    told = [m["content"] for m in simulator.requests[-3]["messages"] if m["role"] == "tool"][-1]
+    assert "No workspace is running: call `start_workspace` first" in told
+    workspaces = [w async for w in Workspace.objects.order_by("created_at")]
+    assert [w.status for w in workspaces] == ["stopped", "ready"]
+    assert await AuditEvent.objects.filter(action="workspace.command", outcome="success").acount() == 2
+
+
+async def test_without_templates_a_stopped_workspace_is_replaced_on_the_next_command(simulator, settings, tmp_path):
+    settings.WORKSPACES_ROOT = tmp_path
+    org = await sync_to_async(OrganizationFactory)(slug="plain")
+    user = await sync_to_async(UserFactory)(username="bob")
+    await sync_to_async(make_member)(org, user, Role.AGENTS_USER)
+    await sync_to_async(LanguageModelFactory)(
+        provider__organization=org, provider__base_url=simulator.base_url, is_default=True
+    )
+    simulator.enqueue(execute("echo one"), {"text": "ok"})
+    session, _ = await start_and_run(user, org, "first")
+    first = await Workspace.objects.aget(pk=session.workspace_id)
+    await sync_to_async(workspace_stop)(actor=None, workspace=first, reason="idle")
+
+    simulator.enqueue(execute("echo two"), {"text": "ok"})
+    await sync_to_async(session_add_prompt)(user=user, session=session, prompt="again")
+    await wait_for_turn(session)
+
+    session = await AgentSession.objects.aget(pk=session.pk)
+    assert session.workspace_id != first.pk
+    assert (await Workspace.objects.aget(pk=session.workspace_id)).status == "ready"
+    assert await AuditEvent.objects.filter(action="workspace.command", outcome="success").acount() == 2

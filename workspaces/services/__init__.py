@@ -1,6 +1,8 @@
-"""Workspace writes: workspaces and their commands (`workspaces`), and the templates agents start them from
-(`templates`). Every function is keyword-only and audits in the same transaction."""
+"""Workspace writes: workspaces and their commands (`workspaces`), their end (`lifecycle`: stop, delete the files,
+prune the idle ones) and the templates agents start them from (`templates`). Every function is keyword-only and
+audits in the same transaction."""
 
+from workspaces.services.lifecycle import workspace_delete_files, workspace_stop, workspaces_prune
 from workspaces.services.templates import template_create, template_delete, template_update
 from workspaces.services.workspaces import LIMIT_FIELDS, command_execute, workspace_create
 
@@ -11,4 +13,7 @@ __all__ = [
     "template_delete",
     "template_update",
     "workspace_create",
+    "workspace_delete_files",
+    "workspace_stop",
+    "workspaces_prune",
 ]
