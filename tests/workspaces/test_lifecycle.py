@@ -92,3 +92,28 @@ def test_the_daily_task_is_off_until_the_operator_sets_idle_days(org, owner, set
     assert prune() == 0 and Workspace.objects.get().status == "ready"
     settings.WORKSPACE_IDLE_DAYS = 30
     assert prune() == 1 and Workspace.objects.get().status == "stopped"
+
+
+def test_a_workspace_whose_files_cannot_go_stays_stopped_and_the_others_are_pruned(org, owner, monkeypatch):
+    import workspaces.services.lifecycle as lifecycle
+
+    stuck, gone = made(org, owner, "stuck", days_ago=90), made(org, owner, "gone", days_ago=90)
+    for workspace in (stuck, gone):
+        workspace_stop(actor=owner, workspace=workspace, reason="test")
+    Workspace.objects.update(stopped_at=timezone.now() - dt.timedelta(days=31))
+    real_rmtree = lifecycle.shutil.rmtree
+
+    def rmtree(path, **kwargs):
+        if str(path) == stuck.directory:
+            raise PermissionError(13, "Permission denied", str(path))
+        real_rmtree(path, **kwargs)
+
+    monkeypatch.setattr(lifecycle.shutil, "rmtree", rmtree)
+
+    result = workspaces_prune(actor=None, idle_days=30)
+
+    assert result.deleted == ["acme/gone"] and result.failed == ["acme/stuck"]
+    statuses = {w.name: w.status for w in Workspace.objects.all()}
+    assert statuses == {"stuck": "stopped", "gone": "deleted"}
+    assert Path(stuck.directory, "notes.txt").exists()
+    assert AuditEvent.objects.filter(action="workspace.files_deleted").count() == 1  # the failed one rolled back

@@ -7,6 +7,7 @@ set): run daily by the `workspaces.prune` task and by `manage.py workspaces prun
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from django.utils import timezone
 import audit
 from audit.services import Actor, AgentActor
 from workspaces.models import Workspace, WorkspaceStatus
+
+logger = logging.getLogger(__name__)
 
 
 def _session_id(actor: Actor) -> str | None:
@@ -83,8 +86,17 @@ def workspace_delete_files(*, actor: Actor, workspace: Workspace) -> Workspace:
         data={"directory": str(directory), "bytes": size, "files": files},
     )
     if directory.is_dir():  # last: a failure rolls the row back to stopped, with whatever files remain
-        shutil.rmtree(directory)
+        shutil.rmtree(directory, onerror=_writable_then_retry)
     return locked
+
+
+def _writable_then_retry(function: Any, path: str, _info: Any) -> None:
+    """rmtree's error handler: a command may have left a folder without write or search rights for its owner."""
+    parent = Path(path).parent
+    parent.chmod(parent.stat().st_mode | 0o700)
+    if Path(path).is_dir() and not Path(path).is_symlink():
+        Path(path).chmod(0o700)
+    function(path)
 
 
 @dataclass
@@ -93,6 +105,7 @@ class PruneResult:
 
     stopped: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # stopped workspaces whose files could not be deleted
 
 
 def workspaces_prune(
@@ -122,7 +135,15 @@ def workspaces_prune(
         .order_by("created_at")
     )
     for workspace in stale:
-        result.deleted.append(f"{workspace.organization.slug}/{workspace.name}")
-        if not dry_run:
+        name = f"{workspace.organization.slug}/{workspace.name}"
+        if dry_run:
+            result.deleted.append(name)
+            continue
+        try:
             workspace_delete_files(actor=actor, workspace=workspace)
+        except OSError as exc:  # stays stopped, with its files; the next prune tries again
+            logger.warning("workspace %s: files not deleted: %s", name, exc)
+            result.failed.append(name)
+        else:
+            result.deleted.append(name)
     return result

@@ -34,3 +34,5 @@ class Command(BaseCommand):
         )
         self.stdout.write(f"{verb[0]} {len(result.stopped)}: {', '.join(result.stopped) or '-'}")
         self.stdout.write(f"{verb[1]} {len(result.deleted)}: {', '.join(result.deleted) or '-'}")
+        if result.failed:
+            self.stderr.write(f"could not delete the files of {', '.join(result.failed)} (see the log); kept stopped")
