@@ -117,3 +117,15 @@ def test_a_workspace_whose_files_cannot_go_stays_stopped_and_the_others_are_prun
     assert statuses == {"stuck": "stopped", "gone": "deleted"}
     assert Path(stuck.directory, "notes.txt").exists()
     assert AuditEvent.objects.filter(action="workspace.files_deleted").count() == 1  # the failed one rolled back
+
+
+@pytest.mark.parametrize("where", ["", "relative/dir", "/", "{root}", "{root}/1", "/tmp/elsewhere/1/x"])
+def test_files_are_deleted_only_from_a_workspace_folder_under_the_root(org, owner, workspaces_root, where):
+    workspace = made(org, owner, "odd", days_ago=90)
+    workspace_stop(actor=owner, workspace=workspace, reason="test")
+    Workspace.objects.filter(pk=workspace.pk).update(directory=where.format(root=workspaces_root))
+
+    with pytest.raises(ValidationError, match="its files are left alone"):
+        workspace_delete_files(actor=owner, workspace=workspace)
+
+    assert Path(workspace.directory, "notes.txt").exists() and Workspace.objects.get().status == "stopped"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Max, Q
@@ -74,6 +75,13 @@ def workspace_delete_files(*, actor: Actor, workspace: Workspace) -> Workspace:
     if locked.status != WorkspaceStatus.STOPPED:
         raise ValidationError(f"Workspace {locked.name!r} is {locked.status}: stop it before deleting its files.")
     directory = Path(locked.directory)
+    root = Path(settings.WORKSPACES_ROOT).resolve()
+    if not directory.is_absolute() or directory.resolve().parent.parent != root:
+        # Only ever WORKSPACES_ROOT/<organization>/<workspace>: never an empty, relative or moved path.
+        raise ValidationError(
+            f"Workspace {locked.name!r} lives at {locked.directory!r}, not in a folder of AIRLOCK_WORKSPACES_ROOT "
+            f"({root}): its files are left alone; remove them by hand."
+        )
     size, files = _size(directory) if directory.is_dir() else (0, 0)
     locked.status = WorkspaceStatus.DELETED
     locked.save(update_fields=["status"])
@@ -141,7 +149,7 @@ def workspaces_prune(
             continue
         try:
             workspace_delete_files(actor=actor, workspace=workspace)
-        except OSError as exc:  # stays stopped, with its files; the next prune tries again
+        except (OSError, ValidationError) as exc:  # stays stopped, with its files; the next prune tries again
             logger.warning("workspace %s: files not deleted: %s", name, exc)
             result.failed.append(name)
         else:
