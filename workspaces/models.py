@@ -77,6 +77,8 @@ class Workspace(models.Model):
     status = models.CharField(max_length=16, choices=WorkspaceStatus.choices, default=WorkspaceStatus.READY)
     created_at = models.DateTimeField(auto_now_add=True)
     stopped_at = models.DateTimeField(null=True, blank=True)
+    # When a command last started in it (set as it starts, so a long command counts as use while it runs).
+    last_used_at = models.DateTimeField(null=True, blank=True)
 
     objects = TenantQuerySet.as_manager()
 

@@ -297,8 +297,10 @@ if SANDBOX_MAX_PROCESSES < 16:
 # A workspace with no command for this many days is stopped, and a stopped one's files are deleted after as many
 # more (daily, `workspaces.prune`); 0 keeps every workspace and its files.
 WORKSPACE_IDLE_DAYS = env_int("AIRLOCK_WORKSPACE_IDLE_DAYS", 0)
-if WORKSPACE_IDLE_DAYS < 0:
-    raise ImproperlyConfigured(f"AIRLOCK_WORKSPACE_IDLE_DAYS={WORKSPACE_IDLE_DAYS}: use 0 (never) or a number of days.")
+if not 0 <= WORKSPACE_IDLE_DAYS <= 36_500:
+    raise ImproperlyConfigured(
+        f"AIRLOCK_WORKSPACE_IDLE_DAYS={WORKSPACE_IDLE_DAYS}: use 0 (never) or a number of days up to 36500."
+    )
 WORKSPACE_COMMAND_TIMEOUT_SECONDS = env_int("AIRLOCK_COMMAND_TIMEOUT_SECONDS", 120)
 WORKSPACE_OUTPUT_CAP_BYTES = env_int("AIRLOCK_COMMAND_OUTPUT_CAP_BYTES", 256 * 1024)
 

@@ -192,3 +192,14 @@ async def test_a_workspace_whose_backend_the_operator_withdrew_runs_nothing_more
     refused = await AuditEvent.objects.aget(action="workspace.command")
     assert refused.outcome == "denied" and "start a new workspace" in refused.error
     assert lines.lines == []
+
+
+async def test_a_workspace_stopped_after_it_was_loaded_runs_nothing(workspace, owner, lines):
+    from workspaces.models import Workspace
+
+    await Workspace.objects.filter(pk=workspace.pk).aupdate(status="stopped")  # the caller's copy still says ready
+
+    with pytest.raises(ValidationError, match="is stopped"):
+        await command_execute(workspace=workspace, command="echo never", actor=owner, on_line=lines)
+
+    assert lines.lines == []

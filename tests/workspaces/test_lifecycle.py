@@ -23,13 +23,15 @@ def made(org, owner, name: str, *, days_ago: int, used_days_ago: int | None = No
     (Path(workspace.directory) / "notes.txt").write_text("kept until pruned\n")
     Workspace.objects.filter(pk=workspace.pk).update(created_at=timezone.now() - dt.timedelta(days=days_ago))
     if used_days_ago is not None:
+        used = timezone.now() - dt.timedelta(days=used_days_ago)
+        Workspace.objects.filter(pk=workspace.pk).update(last_used_at=used)  # as a command's start records it
         CommandRun.objects.create(
             organization=org,
             workspace=workspace,
             command="ls",
             working_directory=workspace.directory,
             exit_code=0,
-            started_at=timezone.now() - dt.timedelta(days=used_days_ago),
+            started_at=used,
         )
     workspace.refresh_from_db()
     return workspace
@@ -74,7 +76,7 @@ def test_a_dry_run_changes_nothing_and_the_cli_reports_it(org, owner):
     assert "would stop 1: acme/idle" in out.getvalue()
     assert Workspace.objects.get().status == "ready"
     assert not AuditEvent.objects.filter(action="workspace.stopped").exists()
-    with pytest.raises(CommandError, match="1 or more"):
+    with pytest.raises(CommandError, match="from 1 to 36500"):
         call_command("workspaces", "prune", "--idle-days", "0")
 
 
@@ -116,7 +118,10 @@ def test_a_workspace_whose_files_cannot_go_stays_stopped_and_the_others_are_prun
     statuses = {w.name: w.status for w in Workspace.objects.all()}
     assert statuses == {"stuck": "stopped", "gone": "deleted"}
     assert Path(stuck.directory, "notes.txt").exists()
-    assert AuditEvent.objects.filter(action="workspace.files_deleted").count() == 1  # the failed one rolled back
+    outcomes = sorted(AuditEvent.objects.filter(action="workspace.files_deleted").values_list("outcome", flat=True))
+    assert outcomes == ["failure", "success"]  # the failed deletion is recorded as one, not as done
+    failed = AuditEvent.objects.get(action="workspace.files_deleted", outcome="failure")
+    assert failed.workspace_id == str(stuck.pk) and "Permission denied" in failed.error
 
 
 @pytest.mark.parametrize("where", ["", "relative/dir", "/", "{root}", "{root}/1", "/tmp/elsewhere/1/x"])
@@ -129,3 +134,33 @@ def test_files_are_deleted_only_from_a_workspace_folder_under_the_root(org, owne
         workspace_delete_files(actor=owner, workspace=workspace)
 
     assert Path(workspace.directory, "notes.txt").exists() and Workspace.objects.get().status == "stopped"
+
+
+def test_a_workspace_used_after_the_prune_looked_is_not_stopped(org, owner):
+    workspace = made(org, owner, "raced", days_ago=40)
+    cutoff = timezone.now() - dt.timedelta(days=30)
+    Workspace.objects.filter(pk=workspace.pk).update(last_used_at=timezone.now())  # a command started meanwhile
+
+    kept = workspace_stop(actor=None, workspace=workspace, reason="idle", idle_before=cutoff)
+
+    assert kept.status == "ready" and not AuditEvent.objects.filter(action="workspace.stopped").exists()
+
+
+def test_a_workspace_folder_swapped_for_a_link_is_left_alone(org, owner, tmp_path):
+    workspace = made(org, owner, "linked", days_ago=90)
+    workspace_stop(actor=owner, workspace=workspace, reason="test")
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "keep.txt").write_text("x")
+    Path(workspace.directory).rename(tmp_path / "moved")
+    Path(workspace.directory).symlink_to(precious)
+
+    with pytest.raises(ValidationError, match="its files are left alone"):
+        workspace_delete_files(actor=owner, workspace=workspace)
+
+    assert (precious / "keep.txt").exists()
+
+
+def test_an_absurd_idle_period_is_refused_not_a_traceback(org):
+    with pytest.raises(CommandError, match="from 1 to 36500"):
+        call_command("workspaces", "prune", "--idle-days", "1000000")

@@ -1,7 +1,8 @@
 """The end of a workspace's life: stop it (no command runs in it any more; its files stay), then delete its files.
 
 `workspaces_prune` does both for workspaces nobody used for a while (`AIRLOCK_WORKSPACE_IDLE_DAYS`, off unless
-set): run daily by the `workspaces.prune` task and by `manage.py workspaces prune`. Each step is audited.
+set): run daily by the `workspaces.prune` task and by `manage.py workspaces prune`. Each step is audited, a failed
+deletion too.
 """
 
 from __future__ import annotations
@@ -10,35 +11,50 @@ import datetime as dt
 import logging
 import os
 import shutil
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
+from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.db import transaction
-from django.db.models import Max, Q
+from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 import audit
+from audit.models import Outcome
 from audit.services import Actor, AgentActor
 from workspaces.models import Workspace, WorkspaceStatus
 
 logger = logging.getLogger(__name__)
+
+MAX_IDLE_DAYS = 36_500
 
 
 def _session_id(actor: Actor) -> str | None:
     return actor.session_id if isinstance(actor, AgentActor) else None
 
 
+def _idle_since(cutoff: dt.datetime) -> Q:
+    """Workspaces with no command started (and no start) since `cutoff`."""
+    return Q(last_used_at__lt=cutoff) | Q(last_used_at__isnull=True, created_at__lt=cutoff)
+
+
 @transaction.atomic
-def workspace_stop(*, actor: Actor, workspace: Workspace, reason: str, **data: Any) -> Workspace:
+def workspace_stop(
+    *, actor: Actor, workspace: Workspace, reason: str, idle_before: dt.datetime | None = None, **data: Any
+) -> Workspace:
     """Stop a ready workspace: commands are refused from now on, its files stay. Audited as `workspace.stopped`
-    with the reason (and `data`); a workspace that is not ready is returned as it is."""
-    locked = Workspace.objects.select_for_update().select_related("organization").get(pk=workspace.pk)
-    if locked.status != WorkspaceStatus.READY:
-        return locked
+    with the reason (and `data`). A workspace that is not ready, or (with `idle_before`) was used since, is
+    returned as it is."""
+    rows = Workspace.objects.select_for_update().select_related("organization").filter(pk=workspace.pk)
+    if idle_before is not None:
+        rows = rows.filter(_idle_since(idle_before))
+    locked = rows.filter(status=WorkspaceStatus.READY).first()
+    if locked is None:
+        return Workspace.objects.get(pk=workspace.pk)
     locked.status = WorkspaceStatus.STOPPED
     locked.stopped_at = timezone.now()
     locked.save(update_fields=["status", "stopped_at"])
@@ -54,6 +70,23 @@ def workspace_stop(*, actor: Actor, workspace: Workspace, reason: str, **data: A
     return locked
 
 
+def _checked_directory(workspace: Workspace) -> Path:
+    """The workspace's folder, if it is one: WORKSPACES_ROOT/<organization>/<workspace>, not a link."""
+    directory = Path(workspace.directory)
+    root = Path(settings.WORKSPACES_ROOT).resolve()
+    if (
+        not directory.is_absolute()
+        or directory.is_symlink()
+        or directory.resolve().parent.parent != root
+        or directory.name != str(workspace.pk)
+    ):
+        raise ValidationError(
+            f"Workspace {workspace.name!r} lives at {workspace.directory!r}, not in its folder of "
+            f"AIRLOCK_WORKSPACES_ROOT ({root}): its files are left alone; remove them by hand."
+        )
+    return directory
+
+
 def _size(directory: Path) -> tuple[int, int]:
     """Bytes and files under a directory, without following links."""
     total = files = 0
@@ -67,44 +100,62 @@ def _size(directory: Path) -> tuple[int, int]:
     return total, files
 
 
-@transaction.atomic
-def workspace_delete_files(*, actor: Actor, workspace: Workspace) -> Workspace:
-    """Remove a stopped workspace's directory (the row stays, status `deleted`, for the audit trail's sake).
-    Audited as `workspace.files_deleted` with how much was removed; a workspace that is not stopped is refused."""
-    locked = Workspace.objects.select_for_update().select_related("organization").get(pk=workspace.pk)
-    if locked.status != WorkspaceStatus.STOPPED:
-        raise ValidationError(f"Workspace {locked.name!r} is {locked.status}: stop it before deleting its files.")
-    directory = Path(locked.directory)
-    root = Path(settings.WORKSPACES_ROOT).resolve()
-    if not directory.is_absolute() or directory.resolve().parent.parent != root:
-        # Only ever WORKSPACES_ROOT/<organization>/<workspace>: never an empty, relative or moved path.
-        raise ValidationError(
-            f"Workspace {locked.name!r} lives at {locked.directory!r}, not in a folder of AIRLOCK_WORKSPACES_ROOT "
-            f"({root}): its files are left alone; remove them by hand."
-        )
-    size, files = _size(directory) if directory.is_dir() else (0, 0)
-    locked.status = WorkspaceStatus.DELETED
-    locked.save(update_fields=["status"])
+def _make_removable(directory: Path) -> None:
+    """Give the owner full rights on every folder below (a command may have locked some), never through a link."""
+    for folder, subfolders, _files in os.walk(directory, onerror=None):
+        for name in [folder, *(os.path.join(folder, sub) for sub in subfolders)]:
+            status = os.lstat(name)
+            if stat.S_ISDIR(status.st_mode) and status.st_mode & 0o700 != 0o700:
+                os.chmod(name, status.st_mode | 0o700, follow_symlinks=False)
+
+
+def _record_deletion(workspace: Workspace, actor: Actor, outcome: str, error: str, data: dict[str, Any]) -> None:
     audit.record(
         action="workspace.files_deleted",
         actor=actor,
-        organization=locked.organization,
-        target=locked,
-        workspace_id=locked.pk,
-        data={"directory": str(directory), "bytes": size, "files": files},
+        organization=workspace.organization,
+        target=workspace,
+        workspace_id=workspace.pk,
+        outcome=outcome,
+        error=error,
+        data=data,
     )
-    if directory.is_dir():  # last: a failure rolls the row back to stopped, with whatever files remain
-        shutil.rmtree(directory, onerror=_writable_then_retry)
-    return locked
 
 
-def _writable_then_retry(function: Any, path: str, _info: Any) -> None:
-    """rmtree's error handler: a command may have left a folder without write or search rights for its owner."""
-    parent = Path(path).parent
-    parent.chmod(parent.stat().st_mode | 0o700)
-    if Path(path).is_dir() and not Path(path).is_symlink():
-        Path(path).chmod(0o700)
-    function(path)
+def workspace_delete_files(*, actor: Actor, workspace: Workspace) -> Workspace:
+    """Remove a stopped workspace's folder (the row stays, status `deleted`, for the audit trail's sake), audited as
+    `workspace.files_deleted` with how much went. Refused for a workspace that is not stopped or whose stored path
+    is not its folder under the workspaces root; a deletion that fails is audited as a failure and raised."""
+    try:
+        with transaction.atomic():
+            locked = Workspace.objects.select_for_update().select_related("organization").get(pk=workspace.pk)
+            if locked.status != WorkspaceStatus.STOPPED:
+                raise ValidationError(
+                    f"Workspace {locked.name!r} is {locked.status}: stop it before deleting its files."
+                )
+            directory = _checked_directory(locked)
+            size, files = _size(directory) if directory.is_dir() else (0, 0)
+            locked.status = WorkspaceStatus.DELETED
+            locked.save(update_fields=["status"])
+            _record_deletion(
+                locked, actor, Outcome.SUCCESS, "", {"directory": str(directory), "bytes": size, "files": files}
+            )
+            if directory.is_dir():  # last: a failure rolls the row and its event back
+                _make_removable(directory)
+                shutil.rmtree(directory)
+            if os.path.lexists(directory):
+                raise OSError(f"{directory} is still there after its removal")
+            return locked
+    except OSError as exc:
+        with transaction.atomic():
+            _record_deletion(
+                workspace,
+                actor,
+                Outcome.FAILURE,
+                f"The files could not be deleted: {exc}",
+                {"directory": workspace.directory},
+            )
+        raise
 
 
 @dataclass
@@ -113,7 +164,7 @@ class PruneResult:
 
     stopped: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)  # stopped workspaces whose files could not be deleted
+    failed: list[str] = field(default_factory=list)  # workspaces left as they were, each logged with the reason
 
 
 def workspaces_prune(
@@ -121,24 +172,25 @@ def workspaces_prune(
 ) -> PruneResult:
     """Stop ready workspaces with no command (and no start) in `idle_days`, and delete the files of workspaces
     stopped more than `idle_days` ago; each workspace in its own transaction. Names are `<org slug>/<name>`."""
-    if idle_days < 1:
-        raise ValidationError({"idle_days": "Use a whole number of days, 1 or more."})
+    if isinstance(idle_days, bool) or not isinstance(idle_days, int) or not 1 <= idle_days <= MAX_IDLE_DAYS:
+        raise ValidationError({"idle_days": f"Use a whole number of days from 1 to {MAX_IDLE_DAYS}."})
     cutoff = (now or timezone.now()) - dt.timedelta(days=idle_days)
     result = PruneResult()
-    idle = (
-        Workspace.objects.filter(status=WorkspaceStatus.READY)
-        .annotate(last_used=Coalesce(Max("command_runs__started_at"), "created_at"))
-        .filter(last_used__lt=cutoff)
-        .select_related("organization")
-        .order_by("created_at")
-    )
-    for workspace in idle:
-        result.stopped.append(f"{workspace.organization.slug}/{workspace.name}")
-        if not dry_run:
-            workspace_stop(actor=actor, workspace=workspace, reason="idle", idle_days=idle_days)
+    idle = Workspace.objects.filter(_idle_since(cutoff), status=WorkspaceStatus.READY).select_related("organization")
+    for workspace in idle.order_by("created_at"):
+        name = f"{workspace.organization.slug}/{workspace.name}"
+        if dry_run:
+            result.stopped.append(name)
+            continue
+        stopped = workspace_stop(
+            actor=actor, workspace=workspace, reason="idle", idle_before=cutoff, idle_days=idle_days
+        )
+        if stopped.status == WorkspaceStatus.STOPPED and stopped.stopped_at and stopped.stopped_at >= cutoff:
+            result.stopped.append(name)
     stale = (
         Workspace.objects.filter(status=WorkspaceStatus.STOPPED)
-        .filter(Q(stopped_at__lt=cutoff) | Q(stopped_at__isnull=True, created_at__lt=cutoff))
+        .annotate(since=Coalesce(F("stopped_at"), F("created_at")))
+        .filter(since__lt=cutoff)
         .select_related("organization")
         .order_by("created_at")
     )
@@ -149,7 +201,7 @@ def workspaces_prune(
             continue
         try:
             workspace_delete_files(actor=actor, workspace=workspace)
-        except (OSError, ValidationError) as exc:  # stays stopped, with its files; the next prune tries again
+        except (OSError, ValidationError, ObjectDoesNotExist) as exc:  # left as it is; the next prune tries again
             logger.warning("workspace %s: files not deleted: %s", name, exc)
             result.failed.append(name)
         else:

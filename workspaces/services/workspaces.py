@@ -190,8 +190,14 @@ def _command_authorize(*, workspace: Workspace, command: str, actor: Actor, dire
         )
     if refusal:
         _command_deny(workspace=workspace, command=command, actor=actor, directory=directory, message=refusal)
-    if workspace.status != WorkspaceStatus.READY:
-        raise ValidationError(f"Workspace {workspace.name!r} is {workspace.status}: run the command in a ready one.")
+    # As stored now, not as the caller loaded it (it may have stopped since); the start counts as use at once.
+    touched = Workspace.objects.filter(pk=workspace.pk, status=WorkspaceStatus.READY).update(
+        last_used_at=timezone.now()
+    )
+    if not touched:
+        status = Workspace.objects.filter(pk=workspace.pk).values_list("status", flat=True).first() or "gone"
+        workspace.status = status
+        raise ValidationError(f"Workspace {workspace.name!r} is {status}: run the command in a ready one.")
 
 
 def _command_failure(*, exc: BaseException) -> str:
