@@ -318,7 +318,10 @@ class AgentTurn:
             workspace = await self._workspace()
             run = await command_execute(workspace=workspace, command=command, actor=self.actor, on_line=on_line)
         except (ExecutionError, PermissionDenied, ValidationError) as exc:
-            # Already audited by command_execute; the model hears why, and may try something else.
+            # Already audited by command_execute; the model hears why, and may try something else. A workspace
+            # that stopped meanwhile is seen as stopped from now on: the next command gets (or asks for) a new one.
+            if self.session.workspace is not None:
+                await sync_to_async(self.session.workspace.refresh_from_db)(fields=["status"])
             message = f"The command could not run: {_reason(exc)}"
             await self.stream.emit(
                 "command.finished",

@@ -248,3 +248,24 @@ async def test_without_templates_a_stopped_workspace_is_replaced_on_the_next_com
     assert session.workspace_id != first.pk
     assert (await Workspace.objects.aget(pk=session.workspace_id)).status == "ready"
     assert await AuditEvent.objects.filter(action="workspace.command", outcome="success").acount() == 2
+
+
+async def test_a_workspace_stopped_during_the_turn_runs_nothing_more_and_the_agent_starts_another(setup, simulator):
+    org, user = setup
+    simulator.enqueue(start("sandbox"), {"delay": 1.0, **execute("echo late")}, start("sandbox"), execute("echo new"))
+    simulator.enqueue({"text": "done"})
+    session = await sync_to_async(session_start)(user=user, organization=org, prompt="go")
+    for _ in range(500):  # until the workspace exists and the model is thinking about its command
+        if await Workspace.objects.aexists():
+            break
+        await asyncio.sleep(0.02)
+    first = await Workspace.objects.aget()
+    await sync_to_async(workspace_stop)(actor=None, workspace=first, reason="idle")
+    await wait_for_turn(session)
+
+    commands = [e async for e in AuditEvent.objects.filter(action="workspace.command").order_by("sequence")]
+    assert [e.workspace_id for e in commands if e.outcome == "success"] == [
+        str((await Workspace.objects.exclude(pk=first.pk).aget()).pk)
+    ]
+    told = [m["content"] for m in simulator.requests[2]["messages"] if m["role"] == "tool"][-1]
+    assert "is stopped" in told
