@@ -44,6 +44,17 @@ def setup(simulator, settings, tmp_path):
     return org, user
 
 
+@pytest.fixture
+def plain(simulator, settings, tmp_path):
+    """An organization without templates (plain), its agents user bob and a default model."""
+    settings.WORKSPACES_ROOT = tmp_path
+    org = OrganizationFactory(slug="plain")
+    user = UserFactory(username="bob")
+    make_member(org, user, Role.AGENTS_USER)
+    LanguageModelFactory(provider__organization=org, provider__base_url=simulator.base_url, is_default=True)
+    return org, user
+
+
 def start(template: str) -> dict:
     return {"tool_calls": [{"name": "start_workspace", "arguments": {"template": template}}]}
 
@@ -120,14 +131,8 @@ async def test_a_template_disabled_during_the_turn_does_not_start(setup, simulat
     assert not await Workspace.objects.aexists()
 
 
-async def test_without_templates_the_agent_has_only_execute_and_the_default_workspace(simulator, settings, tmp_path):
-    settings.WORKSPACES_ROOT = tmp_path
-    org = await sync_to_async(OrganizationFactory)(slug="plain")
-    user = await sync_to_async(UserFactory)(username="bob")
-    await sync_to_async(make_member)(org, user, Role.AGENTS_USER)
-    await sync_to_async(LanguageModelFactory)(
-        provider__organization=org, provider__base_url=simulator.base_url, is_default=True
-    )
+async def test_without_templates_the_agent_has_only_execute_and_the_default_workspace(plain, simulator):
+    org, user = plain
     simulator.enqueue(execute("echo hi"), {"text": "ok"})
 
     session, events = await start_and_run(user, org, "say hi")
@@ -227,14 +232,8 @@ async def test_after_its_workspace_was_stopped_as_idle_the_agent_is_told_to_star
     assert await AuditEvent.objects.filter(action="workspace.command", outcome="success").acount() == 2
 
 
-async def test_without_templates_a_stopped_workspace_is_replaced_on_the_next_command(simulator, settings, tmp_path):
-    settings.WORKSPACES_ROOT = tmp_path
-    org = await sync_to_async(OrganizationFactory)(slug="plain")
-    user = await sync_to_async(UserFactory)(username="bob")
-    await sync_to_async(make_member)(org, user, Role.AGENTS_USER)
-    await sync_to_async(LanguageModelFactory)(
-        provider__organization=org, provider__base_url=simulator.base_url, is_default=True
-    )
+async def test_without_templates_a_stopped_workspace_is_replaced_on_the_next_command(plain, simulator):
+    org, user = plain
     simulator.enqueue(execute("echo one"), {"text": "ok"})
     session, _ = await start_and_run(user, org, "first")
     first = await Workspace.objects.aget(pk=session.workspace_id)
