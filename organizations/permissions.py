@@ -40,6 +40,11 @@ def roles_for(action: str) -> frozenset[str]:
         raise ValueError(f"Unknown permission action {action!r}") from exc
 
 
+def role_names(action: str) -> str:
+    """The roles that allow an action, as a reader would type them: "agents-user, owner"."""
+    return ", ".join(sorted(str(role) for role in roles_for(action)))
+
+
 def orgs_where_allowed(user: AbstractBaseUser | AnonymousUser, action: str) -> Q:
     """A filter on organization ids where the user may perform the action (one subquery, no loop)."""
     if not user.is_authenticated:

@@ -11,7 +11,7 @@ from django.db.models.functions import Cast
 from django.http import Http404
 
 from organizations.models import Organization
-from organizations.permissions import has_permission, roles_for
+from organizations.permissions import has_permission, role_names
 from organizations.tenancy import organizations_for_user
 from providers.models import LanguageModel, Provider
 
@@ -123,11 +123,6 @@ def model_access_grants(*, model: LanguageModel) -> dict[str, list[str]]:
     )
     groups = GroupObjectPermission.objects.filter(**grant).order_by("group__name").values_list("group__name", flat=True)
     return {"users": list(users), "groups": list(groups)}
-
-
-def role_names(action: str) -> str:
-    """The roles that allow an action, as a reader would type them: "agents-user, owner"."""
-    return ", ".join(sorted(str(role) for role in roles_for(action)))
 
 
 def can_use_models(*, user: User, organization: Organization) -> bool:

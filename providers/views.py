@@ -17,7 +17,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST
 
 from organizations.models import Membership, Organization
-from organizations.permissions import has_permission, is_member
+from organizations.permissions import has_permission, is_member, role_names
 from providers import services
 from providers.checks import provider_check
 from providers.forms import (
@@ -35,7 +35,6 @@ from providers.selectors import (
     granted_groups,
     models_visible_to,
     providers_for_user,
-    role_names,
 )
 
 VIEW_ACTION = "provider.view"

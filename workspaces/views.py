@@ -15,7 +15,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods
 
 from organizations.models import Organization
-from organizations.permissions import has_permission, is_member, roles_for
+from organizations.permissions import has_permission, is_member, role_names
 from workspaces.forms import WorkspaceTemplateForm
 from workspaces.models import WorkspaceTemplate
 from workspaces.selectors import templates_for_user
@@ -50,8 +50,7 @@ def _forbidden(request: HttpRequest, organization: Organization) -> HttpResponse
     """A 403 page naming the roles, unless the user may change templates."""
     if has_permission(request.user, organization, MANAGE):
         return None
-    roles = ", ".join(sorted(str(role) for role in roles_for(MANAGE)))
-    reason = f"Changing workspace templates needs one of the roles {roles} in {organization.name}."
+    reason = f"Changing workspace templates needs one of the roles {role_names(MANAGE)} in {organization.name}."
     context = {**_context(request, organization), "reason": reason}
     return render(request, "providers/forbidden.html", context, status=403)
 

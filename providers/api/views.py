@@ -16,7 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from organizations.api.base import OrganizationScopedViewSet
-from organizations.permissions import has_permission
+from organizations.permissions import has_permission, role_names
 from providers.api.serializers import (
     AccessSerializer,
     CheckRequestSerializer,
@@ -32,7 +32,6 @@ from providers.selectors import (
     model_access_grants,
     models_visible_to,
     providers_for_user,
-    role_names,
 )
 from providers.services import (
     model_create,

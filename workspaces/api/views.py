@@ -15,7 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from organizations.api.base import OrganizationScopedViewSet
-from organizations.permissions import has_permission, roles_for
+from organizations.permissions import has_permission, role_names
 from workspaces.api.serializers import WorkspaceTemplateSerializer, WorkspaceTemplateWriteSerializer
 from workspaces.selectors import templates_for_user
 from workspaces.services import template_create, template_delete, template_update
@@ -34,8 +34,10 @@ class WorkspaceTemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         if request.method not in ("GET", "HEAD", "OPTIONS") and not has_permission(
             request.user, self.organization, "template.manage"
         ):
-            roles = ", ".join(sorted(str(role) for role in roles_for("template.manage")))
-            raise PermissionDenied(f"Changing templates needs one of the roles {roles} in {self.organization.slug}.")
+            raise PermissionDenied(
+                f"Changing templates needs one of the roles {role_names('template.manage')} in "
+                f"{self.organization.slug}."
+            )
 
     def scoped_queryset(self) -> QuerySet:
         """Templates of this organization, for its members."""

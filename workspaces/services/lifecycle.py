@@ -25,16 +25,13 @@ from django.utils import timezone
 
 import audit
 from audit.models import Outcome
-from audit.services import Actor, AgentActor
+from audit.services import Actor
 from workspaces.models import Workspace, WorkspaceStatus
+from workspaces.services.workspaces import session_id_of
 
 logger = logging.getLogger(__name__)
 
 MAX_IDLE_DAYS = 36_500
-
-
-def _session_id(actor: Actor) -> str | None:
-    return actor.session_id if isinstance(actor, AgentActor) else None
 
 
 def _idle_since(cutoff: dt.datetime) -> Q:
@@ -64,7 +61,7 @@ def workspace_stop(
         organization=locked.organization,
         target=locked,
         workspace_id=locked.pk,
-        session_id=_session_id(actor),
+        session_id=session_id_of(actor),
         data={"reason": reason, **data},
     )
     return locked

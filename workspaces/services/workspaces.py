@@ -53,7 +53,8 @@ def _person(actor: Actor) -> AbstractBaseUser | None:
     return actor
 
 
-def _session_id(actor: Actor) -> str | None:
+def session_id_of(actor: Actor) -> str | None:
+    """The agent session an actor acts in (the agent acting for a user), for the audit event's correlation."""
     return actor.session_id if isinstance(actor, AgentActor) else None
 
 
@@ -115,7 +116,7 @@ def workspace_create(
         organization=organization,
         target=workspace,
         workspace_id=workspace.id,
-        session_id=_session_id(actor),
+        session_id=session_id_of(actor),
         data={
             "name": name,
             "backend": workspace.backend,
@@ -155,7 +156,7 @@ def _command_record_unfinished(
         organization=workspace.organization,
         target=workspace,
         workspace_id=workspace.id,
-        session_id=_session_id(actor),
+        session_id=session_id_of(actor),
         outcome=outcome,
         error=error,
         data={"command": command, **data},
@@ -259,7 +260,7 @@ def _command_run_save(
         organization=workspace.organization,
         target=workspace,
         workspace_id=workspace.id,
-        session_id=_session_id(actor),
+        session_id=session_id_of(actor),
         outcome=Outcome.SUCCESS if result.succeeded else Outcome.FAILURE,
         error=error,
         data=data,
