@@ -20,7 +20,7 @@ from organizations.permissions import require_permission
 from providers.models import LanguageModel
 from providers.selectors import models_for_user
 from workspaces.backends import ExecutionError
-from workspaces.models import Workspace, WorkspaceStatus, WorkspaceTemplate
+from workspaces.models import Workspace, WorkspaceTemplate
 from workspaces.services import workspace_create, workspace_stop
 
 MAX_PROMPT_CHARS = 100_000
@@ -162,12 +162,12 @@ def _session_workspace_replace(
     workspace = workspace_create(
         actor=actor, organization=session.organization, owner=session.created_by, name=name, template=template
     )
-    previous = (
-        Workspace.objects.filter(sessions__pk=session.pk, status=WorkspaceStatus.READY).exclude(pk=workspace.pk).first()
-    )
+    previous_id = AgentSession.objects.filter(pk=session.pk).values_list("workspace_id", flat=True).first()
     AgentSession.objects.filter(pk=session.pk).update(workspace=workspace)
-    if previous is not None:
-        workspace_stop(actor=actor, workspace=previous, reason="replaced", replaced_by=str(workspace.pk))
+    if previous_id is not None:  # stopped unless it already is
+        workspace_stop(
+            actor=actor, workspace=Workspace(pk=previous_id), reason="replaced", replaced_by=str(workspace.pk)
+        )
     return workspace
 
 

@@ -48,7 +48,9 @@ def test_a_member_reads_the_templates_without_a_form(template, agents_user):
 
 def test_a_template_admin_adds_edits_and_deletes_and_each_write_is_audited(template, template_admin):
     browser = logged_in_client(template_admin)
-    assert "Templates" in browser.get(LIST).content.decode()  # in the organization's navigation
+    assert (
+        'href="/orgs/acme/settings/templates/" aria-current="page">Templates</a>' in browser.get(LIST).content.decode()
+    )
 
     added = browser.post(LIST, add_form(memory_limit_mb="256"))
     assert added.status_code == 302

@@ -262,3 +262,17 @@ def test_only_the_operator_lets_templates_run_outside_the_sandbox(org, owner, se
     settings.WORKSPACE_BACKENDS = ["bubblewrap"]  # the operator takes it back: the template no longer starts
     with pytest.raises(ValidationError, match="Template 'host' cannot start: This deployment does not let"):
         workspace_create(actor=owner, organization=org, owner=owner, name="w", template=host)
+
+
+def test_the_templates_list_costs_the_same_queries_for_one_or_many(template, agents_user, django_assert_num_queries):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client = api(agents_user)
+    with CaptureQueriesContext(connection) as one:
+        client.get(TEMPLATES)
+    for n in range(5):
+        template_create(actor=None, organization=template.organization, name=f"extra-{n}", description=PYTHON)
+    with django_assert_num_queries(len(one.captured_queries)):
+        response = client.get(TEMPLATES)
+    assert len(response.json()["results"]) == 6

@@ -150,8 +150,9 @@ def account_problem(organization_id: int) -> str | None:
 
 def _traversable(folder: Path) -> None:
     """Let every sandbox user pass through (not list) the workspaces root, when Airlock is root."""
-    if os.geteuid() == 0 and folder.stat().st_mode & 0o711 != 0o711:
-        folder.chmod(folder.stat().st_mode & 0o7777 | 0o711)
+    mode = folder.stat().st_mode if os.geteuid() == 0 else 0o711
+    if mode & 0o711 != 0o711:
+        folder.chmod(mode & 0o7777 | 0o711)
 
 
 def _organization_folder(folder: Path, organization_id: int) -> None:
@@ -200,8 +201,18 @@ def _seccomp_fd() -> int:
 
 
 def _etc_files() -> Path:
-    """A read-only passwd and group naming the sandbox user, written once under the workspaces root."""
-    root = Path(settings.WORKSPACES_ROOT).absolute()
+    """A read-only passwd and group naming the sandbox user, written once per workspaces root and process (again if
+    someone removed them)."""
+    folder = _etc_files_in(str(Path(settings.WORKSPACES_ROOT).absolute()))
+    if not (folder / "group").exists():
+        _etc_files_in.cache_clear()
+        folder = _etc_files_in(str(Path(settings.WORKSPACES_ROOT).absolute()))
+    return folder
+
+
+@functools.cache
+def _etc_files_in(root_path: str) -> Path:
+    root = Path(root_path)
     folder = root / ".sandbox-etc"
     folder.mkdir(mode=0o755, parents=True, exist_ok=True)
     _traversable(root)
@@ -213,7 +224,8 @@ def _etc_files() -> Path:
     return folder
 
 
-def _system_mounts() -> list[str]:
+@functools.cache
+def _system_mounts() -> tuple[str, ...]:
     """/usr read-only, with the merged-/usr links a Debian system has at its root."""
     arguments = ["--ro-bind", "/usr", "/usr"]
     for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
@@ -222,7 +234,7 @@ def _system_mounts() -> list[str]:
             arguments += ["--symlink", os.readlink(host), f"/{name}"]
         elif host.is_dir():
             arguments += ["--ro-bind", str(host), f"/{name}"]
-    return arguments
+    return tuple(arguments)
 
 
 def sandbox_arguments(directory: str, *, seccomp_fd: int) -> list[str]:

@@ -4,10 +4,9 @@ audits in the same transaction."""
 
 from workspaces.services.lifecycle import workspace_delete_files, workspace_stop, workspaces_prune
 from workspaces.services.templates import template_create, template_delete, template_update
-from workspaces.services.workspaces import LIMIT_FIELDS, command_execute, workspace_create
+from workspaces.services.workspaces import command_execute, workspace_create
 
 __all__ = [
-    "LIMIT_FIELDS",
     "command_execute",
     "template_create",
     "template_delete",

@@ -27,7 +27,6 @@ import audit
 from audit.models import Outcome
 from audit.services import Actor
 from workspaces.models import Workspace, WorkspaceStatus
-from workspaces.services.workspaces import session_id_of
 
 logger = logging.getLogger(__name__)
 
@@ -42,16 +41,16 @@ def _idle_since(cutoff: dt.datetime) -> Q:
 @transaction.atomic
 def workspace_stop(
     *, actor: Actor, workspace: Workspace, reason: str, idle_before: dt.datetime | None = None, **data: Any
-) -> Workspace:
+) -> bool:
     """Stop a ready workspace: commands are refused from now on, its files stay. Audited as `workspace.stopped`
-    with the reason (and `data`). A workspace that is not ready, or (with `idle_before`) was used since, is
-    returned as it is."""
+    with the reason (and `data`). Whether it stopped it: a workspace that is not ready, or (with `idle_before`)
+    was used since, is left as it is."""
     rows = Workspace.objects.select_for_update().select_related("organization").filter(pk=workspace.pk)
     if idle_before is not None:
         rows = rows.filter(_idle_since(idle_before))
     locked = rows.filter(status=WorkspaceStatus.READY).first()
     if locked is None:
-        return Workspace.objects.get(pk=workspace.pk)
+        return False
     locked.status = WorkspaceStatus.STOPPED
     locked.stopped_at = timezone.now()
     locked.save(update_fields=["status", "stopped_at"])
@@ -61,10 +60,9 @@ def workspace_stop(
         organization=locked.organization,
         target=locked,
         workspace_id=locked.pk,
-        session_id=session_id_of(actor),
         data={"reason": reason, **data},
     )
-    return locked
+    return True
 
 
 def _checked_directory(workspace: Workspace) -> Path:
@@ -122,37 +120,37 @@ def _record_deletion(workspace: Workspace, actor: Actor, outcome: str, error: st
 def workspace_delete_files(*, actor: Actor, workspace: Workspace) -> Workspace:
     """Remove a stopped workspace's folder (the row stays, status `deleted`, for the audit trail's sake), audited as
     `workspace.files_deleted` with how much went. Refused for a workspace that is not stopped or whose stored path
-    is not its folder under the workspaces root; a deletion that fails is audited as a failure and raised."""
+    is not its folder under the workspaces root; a deletion that fails is audited as a failure and raised.
+
+    The files go outside any transaction (a removal cannot be rolled back): the checks first, then the removal,
+    then the status and the event together."""
+    current = Workspace.objects.select_related("organization").get(pk=workspace.pk)
+    if current.status != WorkspaceStatus.STOPPED:
+        raise ValidationError(f"Workspace {current.name!r} is {current.status}: stop it before deleting its files.")
+    directory = _checked_directory(current)
+    size, files = _size(directory) if directory.is_dir() else (0, 0)
     try:
-        with transaction.atomic():
-            locked = Workspace.objects.select_for_update().select_related("organization").get(pk=workspace.pk)
-            if locked.status != WorkspaceStatus.STOPPED:
-                raise ValidationError(
-                    f"Workspace {locked.name!r} is {locked.status}: stop it before deleting its files."
-                )
-            directory = _checked_directory(locked)
-            size, files = _size(directory) if directory.is_dir() else (0, 0)
-            locked.status = WorkspaceStatus.DELETED
-            locked.save(update_fields=["status"])
-            _record_deletion(
-                locked, actor, Outcome.SUCCESS, "", {"directory": str(directory), "bytes": size, "files": files}
-            )
-            if directory.is_dir():  # last: a failure rolls the row and its event back
-                _make_removable(directory)
-                shutil.rmtree(directory)
-            if os.path.lexists(directory):
-                raise OSError(f"{directory} is still there after its removal")
-            return locked
+        if directory.is_dir():
+            _make_removable(directory)
+            shutil.rmtree(directory)
+        if os.path.lexists(directory):
+            raise OSError(f"{directory} is still there after its removal")
     except OSError as exc:
         with transaction.atomic():
             _record_deletion(
-                workspace,
-                actor,
-                Outcome.FAILURE,
-                f"The files could not be deleted: {exc}",
-                {"directory": workspace.directory},
+                current, actor, Outcome.FAILURE, f"The files could not be deleted: {exc}", {"directory": str(directory)}
             )
         raise
+    with transaction.atomic():
+        updated = Workspace.objects.filter(pk=current.pk, status=WorkspaceStatus.STOPPED).update(
+            status=WorkspaceStatus.DELETED
+        )
+        if updated:  # else a concurrent prune recorded it already
+            current.status = WorkspaceStatus.DELETED
+            _record_deletion(
+                current, actor, Outcome.SUCCESS, "", {"directory": str(directory), "bytes": size, "files": files}
+            )
+    return current
 
 
 @dataclass
@@ -179,10 +177,7 @@ def workspaces_prune(
         if dry_run:
             result.stopped.append(name)
             continue
-        stopped = workspace_stop(
-            actor=actor, workspace=workspace, reason="idle", idle_before=cutoff, idle_days=idle_days
-        )
-        if stopped.status == WorkspaceStatus.STOPPED and stopped.stopped_at and stopped.stopped_at >= cutoff:
+        if workspace_stop(actor=actor, workspace=workspace, reason="idle", idle_before=cutoff, idle_days=idle_days):
             result.stopped.append(name)
     stale = (
         Workspace.objects.filter(status=WorkspaceStatus.STOPPED)

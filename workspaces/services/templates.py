@@ -19,6 +19,7 @@ from organizations.models import Organization
 from organizations.permissions import require_actor_permission
 from workspaces.models import WorkspaceBackend, WorkspaceTemplate
 
+NAME_MAX_CHARS = WorkspaceTemplate._meta.get_field("name").max_length
 NAME_PATTERN = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?")
 DESCRIPTION_MIN_CHARS = 10
 DESCRIPTION_MAX_CHARS = 2000

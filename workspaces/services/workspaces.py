@@ -22,11 +22,9 @@ from organizations.models import Organization
 from organizations.permissions import has_permission, require_permission, roles_for
 from workspaces.backends import ExecutionError, ExecutionResult, OutputCallback, get_backend
 from workspaces.models import CommandRun, Workspace, WorkspaceStatus, WorkspaceTemplate
-from workspaces.services.templates import backend_refusal
+from workspaces.services.templates import LIMITS, backend_refusal
 
 NAME_MAX_LENGTH = Workspace._meta.get_field("name").max_length
-# The limits a workspace takes from its template (None: the deployment's default).
-LIMIT_FIELDS = ("command_timeout_seconds", "output_cap_bytes", "memory_limit_mb")
 
 T = TypeVar("T")
 
@@ -51,11 +49,6 @@ def _person(actor: Actor) -> AbstractBaseUser | None:
     if isinstance(actor, AgentActor):
         return actor.user
     return actor
-
-
-def session_id_of(actor: Actor) -> str | None:
-    """The agent session an actor acts in (the agent acting for a user), for the audit event's correlation."""
-    return actor.session_id if isinstance(actor, AgentActor) else None
 
 
 @transaction.atomic
@@ -99,7 +92,7 @@ def workspace_create(
     backend = get_backend(template.backend if template is not None else settings.WORKSPACE_DEFAULT_BACKEND)
     workspace = Workspace(organization=organization, owner=owner, name=name, backend=backend.name, template=template)
     if template is not None:
-        for field in LIMIT_FIELDS:
+        for field in LIMITS:
             setattr(workspace, field, getattr(template, field))
     workspace.directory = backend.directory_for(workspace)
     workspace.save(force_insert=True)
@@ -116,14 +109,13 @@ def workspace_create(
         organization=organization,
         target=workspace,
         workspace_id=workspace.id,
-        session_id=session_id_of(actor),
         data={
             "name": name,
             "backend": workspace.backend,
             "directory": workspace.directory,
             "owner_id": owner.pk,
             "template": {"id": template.pk, "name": template.name} if template is not None else None,
-            **{field: getattr(workspace, field) for field in LIMIT_FIELDS},
+            **{field: getattr(workspace, field) for field in LIMITS},
         },
     )
     return workspace
@@ -156,7 +148,6 @@ def _command_record_unfinished(
         organization=workspace.organization,
         target=workspace,
         workspace_id=workspace.id,
-        session_id=session_id_of(actor),
         outcome=outcome,
         error=error,
         data={"command": command, **data},
@@ -260,7 +251,6 @@ def _command_run_save(
         organization=workspace.organization,
         target=workspace,
         workspace_id=workspace.id,
-        session_id=session_id_of(actor),
         outcome=Outcome.SUCCESS if result.succeeded else Outcome.FAILURE,
         error=error,
         data=data,

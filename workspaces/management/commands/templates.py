@@ -17,7 +17,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from organizations.management.cli import command_errors, format_table, operator_actor, organization_by_slug
 from organizations.models import Organization
 from workspaces.lint import ERROR, lint_templates
-from workspaces.models import WorkspaceBackend, WorkspaceTemplate
+from workspaces.models import WorkspaceBackend
+from workspaces.selectors import organization_templates
 from workspaces.services import template_create
 
 
@@ -85,7 +86,7 @@ class Command(BaseCommand):
     def list_templates(self, options: dict[str, Any]) -> None:
         """A table of the organization's templates."""
         organization = organization_by_slug(options["org"])
-        templates = list(WorkspaceTemplate.objects.filter(organization=organization).order_by("name"))
+        templates = organization_templates(organization=organization)
         if not templates:
             self.stdout.write(f"{organization.slug} has no workspace templates")
             return
