@@ -93,9 +93,9 @@ def audit_retention_update(
             raise ValidationError(
                 {"retention_days": f"at most {MAX_RETENTION_DAYS} days; to keep events forever, clear it instead"}
             )
-        floor = retention_floor_days()
-        changed = retention_days != settings_row.retention_days  # a hold may change under an older, shorter one
-        if changed and retention_days is not None and floor is not None and retention_days < floor:
+        # Only a new retention is held to the minimum: a hold may change under an older, shorter one.
+        floor = retention_floor_days() if retention_days not in (None, settings_row.retention_days) else None
+        if floor is not None and retention_days < floor:
             raise ValidationError(
                 {
                     "retention_days": f"this deployment keeps audit events at least {floor} days (the operator's "

@@ -11,6 +11,7 @@ from django.db import connection, connections
 from organizations.models import Organization, Role
 from providers.simulator import ModelSimulator
 from tests.factories import OrganizationFactory, UserFactory, make_member
+from tests.fakes.siem import HttpReceiver
 from tests.idp.fixtures import oidc_idp, sso  # noqa: F401 - fixtures
 from tests.livesrv import live_portal, portal_processes, session_simulator  # noqa: F401 - fixtures
 
@@ -20,6 +21,14 @@ def simulator() -> Iterator[ModelSimulator]:
     """The offline model simulator on loopback (OpenAI and Anthropic wire protocols), needing no key."""
     with ModelSimulator() as sim:
         yield sim
+
+
+@pytest.fixture
+def webhook() -> Iterator[HttpReceiver]:
+    """A webhook receiver on loopback (taken down after the test)."""
+    receiver = HttpReceiver("webhook").start()
+    yield receiver
+    receiver.stop()
 
 
 @pytest.fixture

@@ -36,9 +36,10 @@ def handle(command: BaseCommand, options: dict[str, Any]) -> None:
             raise CommandError(validation_message(exc)) from exc
         except PermissionDenied as exc:
             raise CommandError(str(exc)) from exc
+        floor = options.get("days")
     else:
-        under = organizations_under_retention_floor(retention_floor_days())
-    floor = retention_floor_days()
+        floor = retention_floor_days()
+        under = organizations_under_retention_floor(floor)
     command.stdout.write("minimum retention: " + ("none" if floor is None else f"{floor} days"))
     if under:
         command.stdout.write(

@@ -21,7 +21,7 @@ ALLOWED_HOSTS = ["*"]
 WORKSPACES_ROOT = DATA_DIR / "test-workspaces"
 WORKSPACE_COMMAND_TIMEOUT_SECONDS = 20
 # Tests of organizations without templates run commands in a plain directory; sandbox tests use templates.
-WORKSPACE_DEFAULT_BACKEND = os.environ.get("AIRLOCK_WORKSPACE_DEFAULT_BACKEND", "local")
+WORKSPACE_DEFAULT_BACKEND = os.environ.get("AIRLOCK_WORKSPACE_DEFAULT_BACKEND") or "local"
 AGENT_DELTA_FLUSH_MS = 10
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not memory, so that a live server in another process shares the test database.

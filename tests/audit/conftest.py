@@ -28,7 +28,7 @@ from audit.models import AuditChainHead, AuditEvent, AuditPendingEvent, Outcome
 from audit.retention import PURGE_FUNCTION
 from audit.services import AgentActor, SystemActor
 from organizations.models import Organization
-from tests.fakes.siem import HttpReceiver, SyslogReceiver
+from tests.fakes.siem import SyslogReceiver
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SESSION_ID = "5f1c7a52-7d65-4f1b-9a5e-2d0c9d1f0a11"
@@ -46,14 +46,6 @@ def fast_forwarding(settings: Any) -> Iterator[None]:
     forwarding.cancel_retries()
     forwarding.wait_until_idle(10)
     forwarding.forget_destinations()
-
-
-@pytest.fixture
-def webhook() -> Iterator[HttpReceiver]:
-    """A webhook receiver on loopback (taken down after the test)."""
-    receiver = HttpReceiver("webhook").start()
-    yield receiver
-    receiver.stop()
 
 
 @pytest.fixture

@@ -59,13 +59,21 @@ def test_json_lines_times_written_by_the_database_are_the_hashed_text(org, chain
     assert len(lines) == 15
 
 
-def test_a_consumer_that_stops_early_stops_the_reader(org, chain):
+def test_a_consumer_that_stops_early_stops_the_reader(org, chain, monkeypatch):
+    fetch, fetched_in = stream._fetch, []
+
+    def recording_fetch(queryset, raw_data=False):
+        fetched_in.append(threading.current_thread().name)
+        return fetch(queryset, raw_data)
+
+    monkeypatch.setattr(stream, "_fetch", recording_fetch)
     pages = iter_value_pages(organization=org, page_size=4)
 
     first = next(pages)
     pages.close()  # a client that went away
 
     assert [row[2] for row in first] == [1, 2, 3, 4]
+    assert fetched_in and set(fetched_in) == {"audit-export-reader"}  # the pages came from the reader
     assert not readers_alive()
 
 
@@ -74,7 +82,7 @@ def test_an_error_in_the_reader_is_raised_to_the_consumer(org, chain, monkeypatc
     calls = []
 
     def failing_fetch(queryset, raw_data=False):
-        calls.append(1)
+        calls.append(threading.current_thread().name)
         if len(calls) == 2:
             raise RuntimeError("the database went away")
         return fetch(queryset, raw_data)
@@ -85,4 +93,5 @@ def test_an_error_in_the_reader_is_raised_to_the_consumer(org, chain, monkeypatc
     assert len(next(pages)) == 4
     with pytest.raises(RuntimeError, match="the database went away"):
         next(pages)
+    assert calls[1] == "audit-export-reader"  # raised in the reader, received by the consumer
     assert not readers_alive()

@@ -184,7 +184,9 @@ def oidc_idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestIdentityP
     client_secret = f"idp-client-secret-{secrets.token_urlsafe(24)}"
     log = tmp_path_factory.mktemp("idp") / "idp.log"
     env = {
-        **os.environ,
+        # Only what Node needs: a diagnostic report (see _start_provider) lists the environment.
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/tmp"),
         "IDP_CLIENT_ID": "airlock-portal",
         "IDP_CLIENT_SECRET": client_secret,
         "IDP_REDIRECT_URIS": f"{PORTAL_ORIGIN}/accounts/oidc/{PROVIDER_ID}/login/callback/",

@@ -10,7 +10,6 @@ import datetime as dt
 import os
 import subprocess
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +23,6 @@ from portal import scheduler
 from portal.scheduler import due_order
 from tests.fakes.siem import HttpReceiver, wait_for
 from tests.livesrv import DAPHNE, ROOT, _database_url, daphne_url
-
-
-@pytest.fixture
-def webhook() -> Iterator[HttpReceiver]:
-    receiver = HttpReceiver("webhook").start()
-    yield receiver
-    receiver.stop()
 
 
 def start_embedded_portal(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
