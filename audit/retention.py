@@ -61,6 +61,15 @@ def _require_owner(actor: Actor, organization: Organization) -> None:
     require_permission(actor, organization, "org.manage")
 
 
+def validate_days(days: object, *, field: str, forever: str = "") -> None:
+    """A number of days a retention may be (1 to MAX_RETENTION_DAYS), or a ValidationError naming the field."""
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_RETENTION_DAYS:
+        hint = f"; {forever}" if forever else ""
+        raise ValidationError(
+            {field: f"must be a whole number of days from 1 to {MAX_RETENTION_DAYS}, got {days!r}{hint}"}
+        )
+
+
 def _retention_state(settings_row: AuditSettings) -> dict[str, object]:
     return {
         "retention_days": settings_row.retention_days,
@@ -83,16 +92,8 @@ def audit_retention_update(
     settings_row, _ = AuditSettings.objects.select_for_update().get_or_create(organization_id=organization.pk)
     before = _retention_state(settings_row)
     if retention_days is not KEEP:
-        if retention_days is not None and (
-            isinstance(retention_days, bool) or not isinstance(retention_days, int) or retention_days < 1
-        ):
-            raise ValidationError(
-                {"retention_days": f"must be a whole number of days, 1 or more, got {retention_days!r}"}
-            )
-        if retention_days is not None and retention_days > MAX_RETENTION_DAYS:
-            raise ValidationError(
-                {"retention_days": f"at most {MAX_RETENTION_DAYS} days; to keep events forever, clear it instead"}
-            )
+        if retention_days is not None:
+            validate_days(retention_days, field="retention_days", forever="to keep events forever, clear it instead")
         # Only a new retention is held to the minimum: a hold may change under an older, shorter one.
         floor = retention_floor_days() if retention_days not in (None, settings_row.retention_days) else None
         if floor is not None and retention_days < floor:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import datetime as dt
 
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import PermissionDenied
 from django.db import DatabaseError, connection, transaction
 
 from audit.models import AuditRetentionFloor
-from audit.retention import MAX_RETENTION_DAYS
+from audit.retention import validate_days
 from audit.selectors import organizations_under_retention_floor, retention_floor_days
 from audit.services import SystemActor, record
 from organizations.models import Organization
@@ -37,12 +37,8 @@ def audit_retention_floor_set(*, actor: SystemActor, minimum_days: int | None) -
 
     An operator's action (a SystemActor from the CLI); on PostgreSQL it needs the owner's credentials.
     """
-    if minimum_days is not None and (
-        isinstance(minimum_days, bool)
-        or not isinstance(minimum_days, int)
-        or not 1 <= minimum_days <= MAX_RETENTION_DAYS
-    ):
-        raise ValidationError({"minimum_days": f"must be a whole number of days from 1 to {MAX_RETENTION_DAYS}"})
+    if minimum_days is not None:
+        validate_days(minimum_days, field="minimum_days")
     before = retention_floor_days()
     if before == minimum_days:
         return organizations_under_retention_floor(minimum_days)

@@ -13,6 +13,7 @@ from django.db import transaction
 
 from audit.services import SystemActor
 from organizations.models import Organization
+from organizations.selectors import organization_get
 from organizations.services import RoleChange
 
 T = TypeVar("T")
@@ -22,10 +23,10 @@ DRY_RUN_NOTE = "dry run: nothing written"
 
 def organization_by_slug(slug: str) -> Organization:
     """The organization with this slug, or CommandError naming it."""
-    organization = Organization.objects.filter(slug=slug).first()
-    if organization is None:
-        raise CommandError(f"No organization with the slug {slug!r}: see `manage.py orgs list`.")
-    return organization
+    try:
+        return organization_get(slug=slug)
+    except Organization.DoesNotExist:
+        raise CommandError(f"No organization with the slug {slug!r}: see `manage.py orgs list`.") from None
 
 
 def operator_actor() -> SystemActor:
